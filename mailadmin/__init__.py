@@ -1,0 +1,7 @@
+"""mailadmin: IIS 6 SMTP virtual servers on Django, Celery and aiosmtpd."""
+
+from __future__ import annotations
+
+from .celery import app as celery_app
+
+__all__ = ["celery_app"]

@@ -1,0 +1,205 @@
+"""DRF serializers, generated from the document layout in ``mailadmin.layout``.
+
+They parse and check single fields (through the model fields' validators, which use the
+``smtpworker.grammar``); cross-row rules and writes are the services' job. Secrets are
+write-only; a read-only ``*_set`` flag tells whether one is stored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import models
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from mailadmin.layout import DOMAIN_LAYOUT, SECRET_FIELDS, SERVER_LAYOUT, Layout
+from mailadmin.models import AccessList, Domain, SmtpUser, VirtualServer
+from smtpworker import grammar
+
+
+class GrammarListField(serializers.ListField):
+    """A list of texts parsed by one grammar function; reports errors per item."""
+
+    def __init__(self, parse: Any, **kwargs: Any) -> None:
+        self.parse = parse
+        kwargs.setdefault("child", serializers.CharField())
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data: Any) -> list[Any]:
+        texts = super().to_internal_value(data)
+        parsed, errors = [], {}
+        for index, text in enumerate(texts):
+            try:
+                parsed.append(self.parse(text))
+            except grammar.GrammarError as exc:
+                errors[index] = [str(exc)]
+        if errors:
+            raise serializers.ValidationError(errors)
+        return parsed
+
+
+class BindingsField(GrammarListField):
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("min_length", 1)
+        kwargs.setdefault(
+            "help_text", 'ip:port identities, e.g. "127.0.0.2:25", "[::1]:25", "*:25".'
+        )
+        super().__init__(grammar.parse_binding, source="*", **kwargs)
+
+    def get_attribute(self, instance: VirtualServer) -> Any:
+        return instance
+
+    def to_representation(self, value: Any) -> list[str]:
+        return [str(b) for b in value.bindings.all()] if value.pk else []
+
+    def to_internal_value(self, data: Any) -> dict[str, Any]:  # type: ignore[override]
+        return {"bindings": super().to_internal_value(data)}
+
+
+class AccessListField(GrammarListField):
+    def __init__(self, kind: str, **kwargs: Any) -> None:
+        self.kind = kind
+        kwargs.setdefault("help_text", "IP addresses, CIDR networks and domain names.")
+        super().__init__(grammar.parse_access_entry, source="*", **kwargs)
+
+    def get_attribute(self, instance: VirtualServer) -> Any:
+        return instance
+
+    def to_representation(self, value: Any) -> list[str]:
+        if not value.pk:
+            return []
+        return [e.value for e in value.access_entries.all() if e.list == self.kind]
+
+    def to_internal_value(self, data: Any) -> dict[str, Any]:  # type: ignore[override]
+        return {f"{self.kind}_entries": super().to_internal_value(data)}
+
+
+@extend_schema_field({"type": "string", "example": "corp.example.net"})
+class DefaultDomainField(serializers.Field):
+    """The server's default local domain (IIS's "Default" entry under Domains)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(source="*", **kwargs)
+
+    def to_representation(self, value: VirtualServer) -> str:
+        if not value.pk:
+            return ""
+        return next((d.name for d in value.domains.all() if d.is_default), "")
+
+    def to_internal_value(self, data: Any) -> dict[str, str]:
+        if not isinstance(data, str):
+            raise serializers.ValidationError("Give a domain name.")
+        try:
+            return {"default_domain": grammar.parse_domain(data)}
+        except grammar.GrammarError as exc:
+            raise serializers.ValidationError(str(exc)) from exc
+
+
+@extend_schema_field({"type": "boolean"})
+class SecretSetField(serializers.ReadOnlyField):
+    def to_representation(self, value: Any) -> bool:
+        return bool(value)
+
+
+def model_field(model: type[models.Model], key: str, name: str) -> serializers.Field:
+    """The DRF field ModelSerializer would build for ``model.name``, exposed as ``key``."""
+    builder = serializers.ModelSerializer()
+    field_class, kwargs = builder.build_standard_field(name, model._meta.get_field(name))
+    if key != name:
+        kwargs["source"] = name
+    return field_class(**kwargs)
+
+
+SPECIAL_FIELDS = {
+    "@bindings": lambda: BindingsField(required=False),
+    "@connection_entries": lambda: AccessListField(AccessList.CONNECTION, required=False),
+    "@relay_entries": lambda: AccessListField(AccessList.RELAY, required=False),
+    "@default_domain": lambda: DefaultDomainField(required=False),
+}
+
+
+def layout_fields(model: type[models.Model], layout: Layout, prefix: str) -> dict[str, Any]:
+    """Declared fields for one level of a layout; sections become nested serializers."""
+    fields: dict[str, Any] = {}
+    for key, target in layout.items():
+        if isinstance(target, dict):
+            name = prefix + "".join(part.capitalize() for part in key.split("_"))
+            section = type(name, (serializers.Serializer,), layout_fields(model, target, name))
+            fields[key] = section(source="*", required=False)
+        elif target.startswith("@"):
+            fields[key] = SPECIAL_FIELDS[target]()
+        elif target in SECRET_FIELDS:
+            fields[key] = serializers.CharField(
+                source=target,
+                write_only=True,
+                required=False,
+                allow_blank=True,
+                trim_whitespace=False,
+                help_text="Write-only; never shown back.",
+            )
+            fields[f"{key}_set"] = SecretSetField(source=target, help_text="Whether one is stored.")
+        else:
+            fields[key] = model_field(model, key, target)
+    return fields
+
+
+ServerFields = type(
+    "ServerFields", (serializers.Serializer,), layout_fields(VirtualServer, SERVER_LAYOUT, "Server")
+)
+DomainFields = type(
+    "DomainFields", (serializers.Serializer,), layout_fields(Domain, DOMAIN_LAYOUT, "Domain")
+)
+
+
+class ServerSerializer(ServerFields):  # type: ignore[valid-type,misc]
+    """A virtual server with its bindings, access lists and default domain."""
+
+    id = serializers.IntegerField(read_only=True)
+    tls_not_after = serializers.DateTimeField(
+        read_only=True, allow_null=True, help_text="Expiry of the uploaded certificate."
+    )
+
+
+class DomainSerializer(DomainFields):  # type: ignore[valid-type,misc]
+    """A local (default or alias) or remote domain of one server."""
+
+    id = serializers.IntegerField(read_only=True)
+    server = serializers.PrimaryKeyRelatedField(queryset=VirtualServer.objects.all())
+
+
+class UserSerializer(serializers.Serializer):
+    """An SMTP account. The password is write-only and stored only as verifiers."""
+
+    id = serializers.IntegerField(read_only=True)
+    username = model_field(SmtpUser, "username", "username")
+    password = serializers.CharField(
+        write_only=True,
+        required=False,
+        trim_whitespace=False,
+        min_length=1,
+        help_text="Write-only. Stored as a salted hash and a SCRAM-SHA-256 verifier.",
+    )
+    active = model_field(SmtpUser, "active", "is_active")
+    allow_cram_md5 = model_field(SmtpUser, "allow_cram_md5", "allow_cram_md5")
+    servers = serializers.SlugRelatedField(
+        many=True,
+        slug_field="name",
+        queryset=VirtualServer.objects.all(),
+        required=False,
+        help_text="Server names this user may authenticate to; empty means every server.",
+    )
+    cram_md5_ready = serializers.SerializerMethodField()
+    password_changed = serializers.DateTimeField(read_only=True)
+
+    def get_cram_md5_ready(self, obj: SmtpUser) -> bool:
+        return bool(obj.cram_md5_context)
+
+
+class TokenRequestSerializer(serializers.Serializer):
+    username = serializers.CharField()
+    password = serializers.CharField(trim_whitespace=False)
+
+
+class TokenSerializer(serializers.Serializer):
+    token = serializers.CharField()

@@ -1,0 +1,23 @@
+"""API routes under /api/v1/."""
+
+from __future__ import annotations
+
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.routers import DefaultRouter
+
+from mailadmin.api import views
+
+router = DefaultRouter()
+router.register("servers", views.ServerViewSet, basename="server")
+router.register("domains", views.DomainViewSet, basename="domain")
+router.register("users", views.UserViewSet, basename="user")
+
+urlpatterns = [
+    path("", include(router.urls)),
+    path("config/", views.ConfigDocumentView.as_view(), name="config-document"),
+    path("config/version/", views.ConfigVersionView.as_view(), name="config-version"),
+    path("token/", views.TokenView.as_view(), name="token"),
+    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+]

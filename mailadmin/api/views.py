@@ -1,0 +1,258 @@
+"""REST API views: parse with a serializer, call a service, render. No logic here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import QuerySet
+from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.authtoken.models import Token
+from rest_framework.authtoken.serializers import AuthTokenSerializer
+from rest_framework.decorators import action
+from rest_framework.parsers import JSONParser
+from rest_framework.permissions import AllowAny
+from rest_framework.renderers import JSONRenderer
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from mailadmin import configdoc
+from mailadmin.api.serializers import (
+    DomainSerializer,
+    ServerSerializer,
+    TokenRequestSerializer,
+    TokenSerializer,
+    UserSerializer,
+)
+from mailadmin.api.yaml import YAMLParser, YAMLRenderer
+from mailadmin.exceptions import ConfigError
+from mailadmin.models import ConfigSnapshot, Domain, ServerState, SmtpUser, VirtualServer
+from mailadmin.services import domains as domain_services
+from mailadmin.services import servers as server_services
+from mailadmin.services import users as user_services
+from mailadmin.services.config import current_version
+
+
+def _author(request: Request) -> str:
+    return f"api:{request.user.get_username()}"
+
+
+class CrudViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    mixins.UpdateModelMixin,
+    mixins.DestroyModelMixin,
+    viewsets.GenericViewSet,  # type: ignore[type-arg]
+):
+    pass
+
+
+@extend_schema(tags=["servers"])
+class ServerViewSet(CrudViewSet):
+    """SMTP virtual servers. Every change is a new configuration version."""
+
+    serializer_class = ServerSerializer
+    filterset_fields = ["state", "node"]
+    search_fields = ["name", "description", "fqdn"]
+    ordering_fields = ["name", "id", "state"]
+
+    def get_queryset(self) -> QuerySet[VirtualServer]:
+        return VirtualServer.objects.prefetch_related("bindings", "access_entries", "domains")
+
+    def perform_create(self, serializer: Any) -> None:
+        serializer.instance = server_services.server_create(
+            data=dict(serializer.validated_data), author=_author(self.request)
+        )
+
+    def perform_update(self, serializer: Any) -> None:
+        serializer.instance = server_services.server_update(
+            server=serializer.instance,
+            data=dict(serializer.validated_data),
+            author=_author(self.request),
+        )
+
+    def perform_destroy(self, instance: VirtualServer) -> None:
+        server_services.server_delete(server=instance, author=_author(self.request))
+
+    def _set_state(self, request: Request, state: str) -> Response:
+        server = server_services.server_set_state(
+            server=self.get_object(), state=state, author=_author(request)
+        )
+        return Response(self.get_serializer(self.get_queryset().get(pk=server.pk)).data)
+
+    @extend_schema(request=None, responses=ServerSerializer)
+    @action(detail=True, methods=["post"])
+    def start(self, request: Request, pk: str | None = None) -> Response:
+        """Start the server (its bindings must not be used by another running server)."""
+        return self._set_state(request, ServerState.STARTED)
+
+    @extend_schema(request=None, responses=ServerSerializer)
+    @action(detail=True, methods=["post"])
+    def stop(self, request: Request, pk: str | None = None) -> Response:
+        """Stop the server: its listeners close."""
+        return self._set_state(request, ServerState.STOPPED)
+
+    @extend_schema(request=None, responses=ServerSerializer)
+    @action(detail=True, methods=["post"])
+    def pause(self, request: Request, pk: str | None = None) -> Response:
+        """Pause the server: open sessions finish, new connections are refused."""
+        return self._set_state(request, ServerState.PAUSED)
+
+
+@extend_schema(tags=["domains"])
+class DomainViewSet(CrudViewSet):
+    """Local (default and alias) and remote domains, filtered by ``?server=<id>``."""
+
+    serializer_class = DomainSerializer
+    filterset_fields = ["server", "kind", "is_default"]
+    search_fields = ["name"]
+    ordering_fields = ["name", "id"]
+
+    def get_queryset(self) -> QuerySet[Domain]:
+        return Domain.objects.select_related("server").order_by(
+            "server__name", "-is_default", "name"
+        )
+
+    def perform_create(self, serializer: Any) -> None:
+        data = dict(serializer.validated_data)
+        server = data.pop("server")
+        serializer.instance = domain_services.domain_create(
+            server=server, data=data, author=_author(self.request)
+        )
+
+    def perform_update(self, serializer: Any) -> None:
+        data = dict(serializer.validated_data)
+        if "server" in data and data.pop("server") != serializer.instance.server:
+            raise ConfigError.at(("server",), "A domain cannot move to another server.")
+        serializer.instance = domain_services.domain_update(
+            domain=serializer.instance, data=data, author=_author(self.request)
+        )
+
+    def perform_destroy(self, instance: Domain) -> None:
+        domain_services.domain_delete(domain=instance, author=_author(self.request))
+
+
+@extend_schema(tags=["users"])
+class UserViewSet(CrudViewSet):
+    """SMTP user accounts for AUTH. Passwords are write-only."""
+
+    serializer_class = UserSerializer
+    filterset_fields = ["is_active"]
+    search_fields = ["username"]
+    ordering_fields = ["username", "id"]
+
+    def get_queryset(self) -> QuerySet[SmtpUser]:
+        return SmtpUser.objects.prefetch_related("servers")
+
+    def _data(self, serializer: Any) -> dict[str, Any]:
+        data = dict(serializer.validated_data)
+        if "servers" in data:
+            data["servers"] = list(data["servers"])
+        return data
+
+    def perform_create(self, serializer: Any) -> None:
+        serializer.instance = user_services.user_create(
+            data=self._data(serializer), author=_author(self.request)
+        )
+
+    def perform_update(self, serializer: Any) -> None:
+        serializer.instance = user_services.user_update(
+            user=serializer.instance, data=self._data(serializer), author=_author(self.request)
+        )
+
+    def perform_destroy(self, instance: SmtpUser) -> None:
+        user_services.user_delete(user=instance, author=_author(self.request))
+
+
+_ImportResult = inline_serializer(
+    "ConfigImportResult",
+    {"version": serializers.IntegerField(), "changed": serializers.BooleanField()},
+)
+_ImportErrors = inline_serializer(
+    "ConfigImportErrors",
+    {
+        "detail": serializers.CharField(),
+        "errors": inline_serializer(
+            "ConfigImportError",
+            {"path": serializers.CharField(), "message": serializers.CharField()},
+            many=True,
+        ),
+    },
+)
+
+
+@extend_schema(tags=["config"])
+class ConfigDocumentView(APIView):
+    """The whole configuration as one document (JSON, or YAML with application/yaml)."""
+
+    parser_classes = [JSONParser, YAMLParser]
+    renderer_classes = [JSONRenderer, YAMLRenderer]
+
+    @extend_schema(responses={200: OpenApiResponse(description="The configuration document.")})
+    def get(self, request: Request) -> Response:
+        """Export the configuration; secrets are left out."""
+        return Response(
+            configdoc.document_export(), headers={"X-Config-Version": str(current_version())}
+        )
+
+    @extend_schema(
+        request={"application/json": dict, "application/yaml": dict},
+        responses={200: _ImportResult, 400: _ImportErrors},
+    )
+    def put(self, request: Request) -> Response:
+        """Replace the whole configuration, atomically: any error and nothing changes."""
+        try:
+            result = configdoc.document_import(request.data, author=_author(request))
+        except ConfigError as exc:
+            count = len(exc.errors)
+            return Response(
+                {
+                    "detail": f"The document has {count} error{'s' if count != 1 else ''}; nothing was changed.",
+                    "errors": [e.as_dict() for e in exc.errors],
+                },
+                status=status.HTTP_400_BAD_REQUEST,
+            )
+        return Response({"version": result.version, "changed": result.changed})
+
+
+@extend_schema(tags=["config"])
+class ConfigVersionView(APIView):
+    """The configuration version now in force, with who made it and when."""
+
+    @extend_schema(
+        responses=inline_serializer(
+            "ConfigVersion",
+            {
+                "version": serializers.IntegerField(),
+                "author": serializers.CharField(),
+                "reason": serializers.CharField(),
+                "created": serializers.DateTimeField(allow_null=True),
+            },
+        )
+    )
+    def get(self, request: Request) -> Response:
+        latest = ConfigSnapshot.objects.order_by("-id").first()
+        return Response(
+            {
+                "version": latest.pk if latest else 0,
+                "author": latest.author if latest else "",
+                "reason": latest.reason if latest else "",
+                "created": latest.created if latest else None,
+            }
+        )
+
+
+@extend_schema(tags=["auth"], request=TokenRequestSerializer, responses=TokenSerializer)
+class TokenView(APIView):
+    """Exchange a console user's name and password for an API token."""
+
+    permission_classes = [AllowAny]
+    authentication_classes: list[type] = []
+
+    def post(self, request: Request) -> Response:
+        serializer = AuthTokenSerializer(data=request.data, context={"request": request})
+        serializer.is_valid(raise_exception=True)
+        token, _created = Token.objects.get_or_create(user=serializer.validated_data["user"])
+        return Response({"token": token.key})

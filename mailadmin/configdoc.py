@@ -1,0 +1,255 @@
+"""The configuration document: the whole configuration as one JSON (or YAML) document.
+
+``document_export()`` writes it (secrets left out). ``document_import()`` replaces the
+whole configuration with a document, atomically: every error is collected with its path
+(``servers[1].bindings[0]``) and, if there is any, nothing changes. Objects absent from
+the document are removed; fields absent from an object take the IIS defaults; secrets
+absent keep their stored values, so re-importing an export yields the same version.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+from django.db import models, transaction
+from rest_framework import serializers
+
+from mailadmin import validators
+from mailadmin.api.serializers import DomainFields, ServerFields, model_field
+from mailadmin.exceptions import ConfigError, FieldError, flatten_drf_errors
+from mailadmin.layout import DOMAIN_LAYOUT, SECRET_FIELDS, SERVER_LAYOUT, Layout, walk
+from mailadmin.models import Domain, SmtpUser, VirtualServer
+from mailadmin.services.config import config_transaction, current_version
+from mailadmin.services.domains import domain_apply
+from mailadmin.services.servers import binding_conflicts, server_apply
+from mailadmin.services.users import user_apply
+
+
+class DocumentDomainSerializer(DomainFields):  # type: ignore[valid-type,misc]
+    pass
+
+
+class DocumentServerSerializer(ServerFields):  # type: ignore[valid-type,misc]
+    # Uniqueness is checked across the document, not against the rows it replaces.
+    name = serializers.CharField(max_length=64, validators=[validators.server_name])
+    domains = DocumentDomainSerializer(many=True, required=False)
+
+
+class DocumentUserSerializer(serializers.Serializer):
+    username = serializers.CharField(max_length=254)
+    password = serializers.CharField(required=False, trim_whitespace=False, write_only=True)
+    active = model_field(SmtpUser, "active", "is_active")
+    allow_cram_md5 = model_field(SmtpUser, "allow_cram_md5", "allow_cram_md5")
+    servers = serializers.ListField(child=serializers.CharField(), required=False)
+
+
+class DocumentSerializer(serializers.Serializer):
+    servers = DocumentServerSerializer(many=True, required=False)
+    users = DocumentUserSerializer(many=True, required=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ImportResult:
+    version: int
+    changed: bool
+
+
+def parse_text(text: str | bytes) -> Any:
+    """Parse a JSON or YAML document (JSON is YAML, so one parser serves both)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError.at((), f"The document is neither JSON nor YAML: {exc}") from exc
+
+
+def document_export() -> dict[str, Any]:
+    servers = VirtualServer.objects.prefetch_related("bindings", "access_entries", "domains")
+    out_servers = []
+    for server in servers.order_by("name"):
+        data = DocumentServerSerializer(server).data
+        data["domains"] = DocumentDomainSerializer(server.domains.all(), many=True).data
+        out_servers.append(data)
+    users = SmtpUser.objects.prefetch_related("servers").order_by("username")
+    out_users = [
+        {
+            "username": u.username,
+            "active": u.is_active,
+            "allow_cram_md5": u.allow_cram_md5,
+            "servers": sorted(s.name for s in u.servers.all()),
+        }
+        for u in users
+    ]
+    return {"servers": _plain(out_servers), "users": out_users}
+
+
+def _plain(value: Any) -> Any:
+    # ReturnDict/OrderedDict -> dict and drop the read-only "*_set" flags, which are
+    # facts about the stored state, not configuration.
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items() if not k.endswith("_set")}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def document_import(raw: Any, *, author: str) -> ImportResult:
+    """Replace the whole configuration with ``raw``; raise ConfigError listing every error."""
+    if not isinstance(raw, dict):
+        raise ConfigError.at((), "The document must be an object with servers and users.")
+    serializer = DocumentSerializer(data=raw)
+    if not serializer.is_valid():
+        raise ConfigError(flatten_drf_errors(serializer.errors))
+    doc = serializer.validated_data
+    errors = list(_document_errors(doc))
+    if errors:
+        raise ConfigError(errors)
+    before = current_version()
+    with config_transaction(author=author, reason="import configuration document"):
+        _apply_document(doc)
+    after = current_version()
+    return ImportResult(version=after, changed=after != before)
+
+
+def _document_errors(doc: dict[str, Any]) -> Iterator[FieldError]:
+    servers = doc.get("servers", [])
+    yield from _duplicates(servers, lambda s: s["name"], "servers", "name", "server name")
+    names = {s["name"] for s in servers}
+    for i, server in enumerate(servers):
+        domains = server.get("domains", [])
+        yield from _duplicates(
+            domains, lambda d: d["name"].lower(), f"servers.{i}.domains", "name", "domain"
+        )
+        yield from _default_domain_errors(i, server)
+    users = doc.get("users", [])
+    yield from _duplicates(users, lambda u: u["username"], "users", "username", "user name")
+    for i, user in enumerate(users):
+        for j, name in enumerate(user.get("servers", [])):
+            if name not in names:
+                yield FieldError(
+                    ("users", i, "servers", j), f"No server named '{name}' in the document."
+                )
+
+
+def _duplicates(
+    items: list[Any], key: Callable[[Any], str], where: str, field: str, what: str
+) -> Iterator[FieldError]:
+    counts = Counter(key(item) for item in items)
+    prefix: tuple[str | int, ...] = tuple(int(p) if p.isdigit() else p for p in where.split("."))
+    for index, item in enumerate(items):
+        if counts[key(item)] > 1:
+            yield FieldError(
+                prefix + (index, field), f"The {what} '{key(item)}' appears more than once."
+            )
+
+
+def _default_domain_errors(index: int, server: dict[str, Any]) -> Iterator[FieldError]:
+    defaults = [d["name"] for d in server.get("domains", []) if d.get("is_default")]
+    named = server.get("default_domain")
+    if len(defaults) > 1:
+        yield FieldError(("servers", index, "domains"), "Only one domain can be the default.")
+    elif defaults and named and defaults[0] != named:
+        yield FieldError(
+            ("servers", index, "default_domain"),
+            f"default_domain is {named} but the domain marked default is {defaults[0]}.",
+        )
+    elif not defaults and not named:
+        yield FieldError(("servers", index, "default_domain"), "Give the server's default domain.")
+
+
+def _with_defaults(
+    model: type[models.Model], layout: Layout, data: dict[str, Any], keep_secrets: bool
+) -> dict[str, Any]:
+    """Fields absent from a document object take the model default (IIS's); secrets
+    absent keep what is stored."""
+    full = dict(data)
+    for _path, target in walk(layout):
+        if target.startswith("@") or target in full:
+            continue
+        if target in SECRET_FIELDS:
+            if not keep_secrets:
+                full[target] = ""
+            continue
+        field = model._meta.get_field(target)
+        full[target] = field.get_default()
+    return full
+
+
+def _apply_document(doc: dict[str, Any]) -> None:
+    servers = doc.get("servers", [])
+    VirtualServer.objects.exclude(name__in=[s["name"] for s in servers]).delete()
+    errors: list[FieldError] = []
+    applied: list[VirtualServer] = []
+    for index, data in enumerate(servers):
+        try:
+            with transaction.atomic():
+                applied.append(_apply_server(data))
+        except ConfigError as exc:
+            errors.extend(exc.prefixed(("servers", index)).errors)
+    running = [s for s in applied if s.state in ("started", "paused")]
+    for later, server in enumerate(running):
+        index = next(i for i, s in enumerate(servers) if s["name"] == server.name)
+        errors.extend(
+            ConfigError(binding_conflicts(server, running[:later]))
+            .prefixed(("servers", index))
+            .errors
+        )
+    users = doc.get("users", [])
+    SmtpUser.objects.exclude(username__in=[u["username"] for u in users]).delete()
+    for index, data in enumerate(users):
+        try:
+            with transaction.atomic():
+                _apply_user(data)
+        except ConfigError as exc:
+            errors.extend(exc.prefixed(("users", index)).errors)
+    if errors:
+        raise ConfigError(errors)
+
+
+def _apply_server(data: dict[str, Any]) -> VirtualServer:
+    data = dict(data)
+    domains = data.pop("domains", [])
+    server = VirtualServer.objects.filter(name=data["name"]).first() or VirtualServer()
+    full = _with_defaults(VirtualServer, SERVER_LAYOUT, data, keep_secrets=server.pk is not None)
+    full.setdefault("connection_entries", [])
+    full.setdefault("relay_entries", [])
+    full.setdefault("bindings", full.get("bindings") or [])
+    if not full.get("default_domain"):
+        full["default_domain"] = next(d["name"] for d in domains if d.get("is_default"))
+    server_apply(server, full)
+    _apply_domains(server, domains)
+    return server
+
+
+def _apply_domains(server: VirtualServer, domains: list[dict[str, Any]]) -> None:
+    names = [d["name"].lower().rstrip(".") for d in domains if not d.get("is_default")]
+    server.domains.filter(is_default=False).exclude(name__in=names).delete()
+    errors: list[FieldError] = []
+    for index, data in enumerate(domains):
+        if data.get("is_default"):
+            continue  # the default domain was set through default_domain
+        existing = server.domains.filter(name=data["name"].lower().rstrip(".")).first()
+        domain = existing or Domain(server=server)
+        full = _with_defaults(Domain, DOMAIN_LAYOUT, data, keep_secrets=existing is not None)
+        try:
+            with transaction.atomic():
+                domain_apply(domain, full)
+        except ConfigError as exc:
+            errors.extend(exc.prefixed(("domains", index)).errors)
+    if errors:
+        raise ConfigError(errors)
+
+
+def _apply_user(data: dict[str, Any]) -> None:
+    data = dict(data)
+    names = data.pop("servers", [])
+    user = SmtpUser.objects.filter(username=data["username"]).first() or SmtpUser()
+    if user.pk is None and not data.get("password"):
+        raise ConfigError.at(("password",), "A new user needs a password.")
+    data.setdefault("is_active", True)
+    data.setdefault("allow_cram_md5", False)
+    data["servers"] = list(VirtualServer.objects.filter(name__in=names))
+    user_apply(user, data)

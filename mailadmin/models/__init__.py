@@ -1,0 +1,33 @@
+"""Configuration models (IIS 6 SMTP Service model, with its defaults)."""
+
+from __future__ import annotations
+
+from mailadmin.models.config import ConfigLock, ConfigSnapshot
+from mailadmin.models.domains import Domain, DomainKind
+from mailadmin.models.servers import (
+    AccessEntry,
+    AccessList,
+    Binding,
+    ListMode,
+    LogPeriod,
+    OutboundAuth,
+    ServerState,
+    VirtualServer,
+)
+from mailadmin.models.users import SmtpUser
+
+__all__ = [
+    "AccessEntry",
+    "AccessList",
+    "Binding",
+    "ConfigLock",
+    "ConfigSnapshot",
+    "Domain",
+    "DomainKind",
+    "ListMode",
+    "LogPeriod",
+    "OutboundAuth",
+    "ServerState",
+    "SmtpUser",
+    "VirtualServer",
+]
