@@ -25,8 +25,14 @@ from mailadmin.layout import DOMAIN_LAYOUT, SECRET_FIELDS, SERVER_LAYOUT, Layout
 from mailadmin.models import Domain, SmtpUser, VirtualServer
 from mailadmin.services.config import config_transaction, current_version
 from mailadmin.services.domains import domain_apply
-from mailadmin.services.servers import binding_conflicts, server_apply
+from mailadmin.services.servers import (
+    DEFAULT_BINDING,
+    RUNNING_STATES,
+    conflict_message,
+    server_apply,
+)
 from mailadmin.services.users import user_apply
+from smtpworker import grammar
 
 
 class DocumentDomainSerializer(DomainFields):  # type: ignore[valid-type,misc]
@@ -102,16 +108,44 @@ def document_import(raw: Any, *, author: str) -> ImportResult:
         raise ConfigError.at((), "The document must be an object with servers and users.")
     serializer = DocumentSerializer(data=raw)
     if not serializer.is_valid():
-        raise ConfigError(flatten_drf_errors(serializer.errors))
-    doc = serializer.validated_data
-    errors = list(_document_errors(doc))
-    if errors:
+        # Cross-object checks run on the raw document too, so one answer lists every error.
+        errors = list(flatten_drf_errors(serializer.errors))
+        errors.extend(_document_errors(_objects_only(raw)))
         raise ConfigError(errors)
+    doc = serializer.validated_data
     before = current_version()
     with config_transaction(author=author, reason="import configuration document"):
-        _apply_document(doc)
+        errors = list(_document_errors(doc))
+        if not any(e.path[:1] == ("servers",) and "name" in e.path for e in errors):
+            errors.extend(_apply_document(doc))
+        if errors:
+            raise ConfigError(errors)  # rolls the whole transaction back
     after = current_version()
     return ImportResult(version=after, changed=after != before)
+
+
+def _objects_only(raw: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a raw document the cross-object checks can read (others are already
+    reported by the serializer)."""
+
+    def items(value: Any, key: str) -> list[dict[str, Any]]:
+        listed = value if isinstance(value, list) else []
+        return [i for i in listed if isinstance(i, dict) and isinstance(i.get(key), str)]
+
+    servers = []
+    for server in items(raw.get("servers"), "name"):
+        server = dict(server, domains=items(server.get("domains"), "name"))
+        server["domains"] = [
+            dict(d, is_default=d.get("default") is True) for d in server["domains"]
+        ]
+        servers.append(server)
+    users = [
+        dict(u, servers=[n for n in u.get("servers", []) if isinstance(n, str)])
+        if isinstance(u.get("servers", []), list)
+        else dict(u, servers=[])
+        for u in items(raw.get("users"), "username")
+    ]
+    return {"servers": servers, "users": users}
 
 
 def _document_errors(doc: dict[str, Any]) -> Iterator[FieldError]:
@@ -124,6 +158,7 @@ def _document_errors(doc: dict[str, Any]) -> Iterator[FieldError]:
             domains, lambda d: d["name"].lower(), f"servers.{i}.domains", "name", "domain"
         )
         yield from _default_domain_errors(i, server)
+    yield from _binding_conflicts(servers)
     users = doc.get("users", [])
     yield from _duplicates(users, lambda u: u["username"], "users", "username", "user name")
     for i, user in enumerate(users):
@@ -132,6 +167,27 @@ def _document_errors(doc: dict[str, Any]) -> Iterator[FieldError]:
                 yield FieldError(
                     ("users", i, "servers", j), f"No server named '{name}' in the document."
                 )
+
+
+def _binding_conflicts(servers: list[dict[str, Any]]) -> Iterator[FieldError]:
+    """The document replaces every server, so its running servers are checked against
+    each other only (each against those before it, in document order)."""
+    taken: list[tuple[grammar.Binding, str, str]] = []
+    for index, server in enumerate(servers):
+        state = server.get("state", "started")
+        if state not in RUNNING_STATES:
+            continue
+        bindings = server.get("bindings") or [DEFAULT_BINDING]
+        if not all(isinstance(b, grammar.Binding) for b in bindings):
+            continue  # unparsed text: already reported by the serializer
+        for position, binding in enumerate(bindings):
+            clash = next((t for t in taken if grammar.bindings_conflict(binding, t[0])), None)
+            if clash:
+                yield FieldError(
+                    ("servers", index, "bindings", position),
+                    conflict_message(binding, *clash),
+                )
+        taken.extend((b, server["name"], state) for b in bindings)
 
 
 def _duplicates(
@@ -178,25 +234,17 @@ def _with_defaults(
     return full
 
 
-def _apply_document(doc: dict[str, Any]) -> None:
+def _apply_document(doc: dict[str, Any]) -> list[FieldError]:
+    """Write the document; return the errors met on the way (the caller rolls back)."""
     servers = doc.get("servers", [])
     VirtualServer.objects.exclude(name__in=[s["name"] for s in servers]).delete()
     errors: list[FieldError] = []
-    applied: list[VirtualServer] = []
     for index, data in enumerate(servers):
         try:
             with transaction.atomic():
-                applied.append(_apply_server(data))
+                _apply_server(data)
         except ConfigError as exc:
             errors.extend(exc.prefixed(("servers", index)).errors)
-    running = [s for s in applied if s.state in ("started", "paused")]
-    for later, server in enumerate(running):
-        index = next(i for i, s in enumerate(servers) if s["name"] == server.name)
-        errors.extend(
-            ConfigError(binding_conflicts(server, running[:later]))
-            .prefixed(("servers", index))
-            .errors
-        )
     users = doc.get("users", [])
     SmtpUser.objects.exclude(username__in=[u["username"] for u in users]).delete()
     for index, data in enumerate(users):
@@ -205,8 +253,7 @@ def _apply_document(doc: dict[str, Any]) -> None:
                 _apply_user(data)
         except ConfigError as exc:
             errors.extend(exc.prefixed(("users", index)).errors)
-    if errors:
-        raise ConfigError(errors)
+    return errors
 
 
 def _apply_server(data: dict[str, Any]) -> VirtualServer:
@@ -216,7 +263,7 @@ def _apply_server(data: dict[str, Any]) -> VirtualServer:
     full = _with_defaults(VirtualServer, SERVER_LAYOUT, data, keep_secrets=server.pk is not None)
     full.setdefault("connection_entries", [])
     full.setdefault("relay_entries", [])
-    full.setdefault("bindings", full.get("bindings") or [])
+    full["bindings"] = full.get("bindings") or [DEFAULT_BINDING]
     if not full.get("default_domain"):
         full["default_domain"] = next(d["name"] for d in domains if d.get("is_default"))
     server_apply(server, full)

@@ -212,13 +212,15 @@ def binding_conflicts(server: VirtualServer, others: Sequence[VirtualServer]) ->
         mine = grammar.Binding(row.host or None, row.port)
         for theirs, other in taken:
             if grammar.bindings_conflict(mine, theirs):
-                errors.append(
-                    FieldError(
-                        ("bindings", index),
-                        f"{mine} conflicts with {theirs} of the {other.state} server "
-                        f"'{other.name}': two running servers cannot share an IP address "
-                        "and port, and (All Unassigned) covers every address on its port.",
-                    )
-                )
+                message = conflict_message(mine, theirs, other.name, other.state)
+                errors.append(FieldError(("bindings", index), message))
                 break
     return errors
+
+
+def conflict_message(mine: grammar.Binding, theirs: grammar.Binding, name: str, state: str) -> str:
+    return (
+        f"{mine} conflicts with {theirs} of the {state} server '{name}': two running servers "
+        "cannot share an IP address and port, and (All Unassigned) covers every address "
+        "on its port."
+    )
