@@ -35,11 +35,11 @@ from mailadmin.services.users import user_apply
 from smtpworker import grammar
 
 
-class DocumentDomainSerializer(DomainFields):  # type: ignore[valid-type,misc]
+class DocumentDomainSerializer(DomainFields):  # type: ignore[misc]
     pass
 
 
-class DocumentServerSerializer(ServerFields):  # type: ignore[valid-type,misc]
+class DocumentServerSerializer(ServerFields):  # type: ignore[misc]
     # Uniqueness is checked across the document, not against the rows it replaces.
     name = serializers.CharField(max_length=64, validators=[validators.server_name])
     domains = DocumentDomainSerializer(many=True, required=False)
@@ -230,6 +230,7 @@ def _with_defaults(
                 full[target] = ""
             continue
         field = model._meta.get_field(target)
+        assert isinstance(field, models.Field)
         full[target] = field.get_default()
     return full
 

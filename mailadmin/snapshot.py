@@ -10,7 +10,7 @@ from collections.abc import Iterable
 
 from mailadmin.models import AccessList, Domain, SmtpUser, VirtualServer
 from smtpworker import config as wc
-from smtpworker.grammar import Binding, parse_access_entry
+from smtpworker.grammar import AccessEntry, Binding, parse_access_entry
 
 
 def _kb(value: int | None) -> int | None:
@@ -43,7 +43,7 @@ def server_config(server: VirtualServer) -> wc.ServerConfig:
     """Build one server's frozen config; expects bindings, entries and domains prefetched."""
     entries = list(server.access_entries.all())
 
-    def listed(kind: str) -> tuple[wc.AccessEntry, ...]:
+    def listed(kind: str) -> tuple[AccessEntry, ...]:
         return tuple(parse_access_entry(e.value) for e in entries if e.list == kind)
 
     return wc.ServerConfig(

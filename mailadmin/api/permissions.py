@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import AnonymousUser
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 from rest_framework.request import Request
 
@@ -16,14 +17,22 @@ def can_write(user: AbstractBaseUser | AnonymousUser) -> bool:
     """Superusers and members of the administrators group change configuration."""
     if not user.is_authenticated or not user.is_active:
         return False
-    return bool(user.is_superuser or user.groups.filter(name=ADMINISTRATORS).exists())  # type: ignore[union-attr]
+    # getattr: AbstractBaseUser declares neither; Django's User (and PermissionsMixin) has both.
+    if getattr(user, "is_superuser", False):
+        return True
+    return _in_group(user, ADMINISTRATORS)
 
 
 def can_read(user: AbstractBaseUser | AnonymousUser) -> bool:
     """Writers, and members of the operators group, may look."""
     if can_write(user):
         return True
-    return bool(user.is_authenticated and user.groups.filter(name=OPERATORS).exists())  # type: ignore[union-attr]
+    return bool(user.is_authenticated and _in_group(user, OPERATORS))
+
+
+def _in_group(user: AbstractBaseUser | AnonymousUser, name: str) -> bool:
+    groups = getattr(user, "groups", None)
+    return bool(groups is not None and groups.filter(name=name).exists())
 
 
 class IsAdminOrReadOnlyOperator(BasePermission):

@@ -35,7 +35,7 @@ class GrammarListField(serializers.ListField):
             except grammar.GrammarError as exc:
                 errors[index] = [str(exc)]
         if errors:
-            raise serializers.ValidationError(errors)
+            raise serializers.ValidationError(errors)  # type: ignore[arg-type]
         return parsed
 
 
@@ -104,8 +104,10 @@ class SecretSetField(serializers.ReadOnlyField):
 
 def model_field(model: type[models.Model], key: str, name: str) -> serializers.Field:
     """The DRF field ModelSerializer would build for ``model.name``, exposed as ``key``."""
-    builder = serializers.ModelSerializer()
-    field_class, kwargs = builder.build_standard_field(name, model._meta.get_field(name))
+    builder: serializers.ModelSerializer = serializers.ModelSerializer()
+    model_field = model._meta.get_field(name)
+    assert isinstance(model_field, models.Field)
+    field_class, kwargs = builder.build_standard_field(name, model_field)
     if key != name:
         kwargs["source"] = name
     return field_class(**kwargs)
