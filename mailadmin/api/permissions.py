@@ -27,7 +27,9 @@ def can_read(user: AbstractBaseUser | AnonymousUser) -> bool:
     """Writers, and members of the operators group, may look."""
     if can_write(user):
         return True
-    return bool(user.is_authenticated and _in_group(user, OPERATORS))
+    # is_active as in can_write: a deactivated operator loses access even when it was
+    # authenticated by a route that does not itself refuse inactive users.
+    return bool(user.is_authenticated and user.is_active and _in_group(user, OPERATORS))
 
 
 def _in_group(user: AbstractBaseUser | AnonymousUser, name: str) -> bool:

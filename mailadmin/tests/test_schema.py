@@ -1,0 +1,103 @@
+"""The OpenAPI schema: valid, warning-free, complete and described."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.core.management import call_command
+from rest_framework.test import APIClient
+
+API_PATHS = {
+    "/api/v1/servers/": {"get", "post"},
+    "/api/v1/servers/{id}/": {"get", "put", "patch", "delete"},
+    "/api/v1/servers/{id}/start/": {"post"},
+    "/api/v1/servers/{id}/stop/": {"post"},
+    "/api/v1/servers/{id}/pause/": {"post"},
+    "/api/v1/domains/": {"get", "post"},
+    "/api/v1/domains/{id}/": {"get", "put", "patch", "delete"},
+    "/api/v1/users/": {"get", "post"},
+    "/api/v1/users/{id}/": {"get", "put", "patch", "delete"},
+    "/api/v1/config/": {"get", "put"},
+    "/api/v1/config/version/": {"get"},
+    "/api/v1/token/": {"post"},
+}
+HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
+
+
+@pytest.fixture(scope="module")
+def schema(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    # --fail-on-warn turns every drf-spectacular warning or error into a failure, and
+    # --validate checks the result against the OpenAPI 3 JSON schema.
+    target = tmp_path_factory.mktemp("schema") / "openapi.json"
+    call_command(
+        "spectacular",
+        "--validate",
+        "--fail-on-warn",
+        "--format",
+        "openapi-json",
+        "--file",
+        str(target),
+    )
+    return dict(json.loads(Path(target).read_text()))
+
+
+def test_it_generates_a_valid_schema_without_warnings(schema: dict[str, Any]) -> None:
+    assert schema["openapi"].startswith("3.")
+    assert schema["info"]["title"] == "mailadmin API"
+
+
+def test_it_lists_every_api_path_and_method(schema: dict[str, Any]) -> None:
+    methods = {
+        path: {m for m in operations if m in HTTP_METHODS}
+        for path, operations in schema["paths"].items()
+    }
+    assert methods == API_PATHS
+
+
+def test_every_operation_is_described(schema: dict[str, Any]) -> None:
+    undescribed = [
+        f"{method.upper()} {path}"
+        for path, operations in schema["paths"].items()
+        for method, operation in operations.items()
+        if method in HTTP_METHODS and not (operation.get("description") or operation.get("summary"))
+    ]
+    assert undescribed == []
+
+
+def test_operation_ids_are_unique(schema: dict[str, Any]) -> None:
+    ids = [
+        operation["operationId"]
+        for operations in schema["paths"].values()
+        for method, operation in operations.items()
+        if method in HTTP_METHODS
+    ]
+    assert len(ids) == len(set(ids))
+
+
+def test_secrets_are_write_only_in_the_schema(schema: dict[str, Any]) -> None:
+    components = schema["components"]["schemas"]
+    assert "password" not in components["User"]["properties"]
+    assert "password" in components["UserRequest"]["properties"]
+    assert "private_key" not in components["ServerTls"]["properties"]
+    assert "private_key" in components["ServerTlsRequest"]["properties"]
+    assert components["ServerTls"]["properties"]["private_key_set"]["type"] == "boolean"
+
+
+@pytest.mark.django_db
+def test_it_serves_the_schema_to_an_administrator(api: APIClient) -> None:
+    response = api.get("/api/v1/schema/?format=json")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["openapi"].startswith("3.")
+    assert set(API_PATHS) <= set(body["paths"])
+
+
+@pytest.mark.django_db
+def test_it_serves_the_docs_page_to_an_administrator(api: APIClient) -> None:
+    response = api.get("/api/v1/docs/")
+    assert response.status_code == 200
+    assert b"swagger" in response.content.lower()
+    assert b"/api/v1/schema/" in response.content
