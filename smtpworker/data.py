@@ -51,6 +51,9 @@ class DataReader:
             self.leftover = bytes(self._buf[end + len(TERMINATOR) :])
             self.received += max(0, end + 2 - before)
             del self._buf[end + 2 :]  # keep the CRLF that ends the last line
+            if self.limit is not None and len(self._buf) - 2 > self.limit:
+                self.too_big = True
+                self._buf = bytearray()
             self.done = True
             return True
         self.received += len(chunk)

@@ -68,3 +68,8 @@ def test_long_lines_and_8bit_are_reported() -> None:
 def test_received_headers_are_counted_in_the_header_section_only() -> None:
     message = b"Received: a\r\nreceived: b\r\nSubject: s\r\n\r\nReceived: in body\r\n"
     assert count_received(message) == 2
+
+
+def test_a_message_over_the_limit_in_one_read_is_too_big() -> None:
+    reader = read(b"x" * 2000 + b"\r\n.\r\n", limit=1000)
+    assert reader.done and reader.too_big

@@ -1,0 +1,217 @@
+"""A worker node: the listeners of the virtual servers assigned to it, kept in step with
+the configuration.
+
+:meth:`Node.apply` takes a validated :class:`~smtpworker.config.SiteConfig` and makes
+the node match it: a listener for every binding of every started or paused server of this
+node. A new binding is opened before an old one is closed; a binding that cannot be bound
+puts that server in error with the reason while the others run on. Connections bind the
+server context in force when they arrive, so sessions in progress keep their old
+configuration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from smtpworker import tlsinfo
+from smtpworker.auth import Accounts, AuthThrottle
+from smtpworker.config import ServerConfig, SiteConfig
+from smtpworker.grammar import Binding, bindings_conflict
+from smtpworker.handler import ServerContext, SmtpSession
+from smtpworker.secretbox import SecretBox, SecretBoxError
+from smtpworker.sessions import SessionRegistry
+from smtpworker.spool import Spool
+
+log = logging.getLogger(__name__)
+
+RUNNING = ("started", "paused")
+MAIL_DIRECTORIES = ("Queue", "Pickup", "Drop", "Badmail")
+
+
+@dataclass(slots=True)
+class Listener:
+    binding: Binding
+    server: str
+    handle: asyncio.Server
+
+
+@dataclass(slots=True)
+class NodeOptions:
+    """What a node needs besides the configuration."""
+
+    name: str
+    mailroot: Path
+    box: SecretBox
+    mock_key: bytes
+    hostname: str
+    executor: Executor | None = None
+    throttle: AuthThrottle = field(default_factory=AuthThrottle)
+    enqueue: Callable[[str, str], None] = lambda queue_id, server: None
+    reverse_names: Callable[[str], Awaitable[tuple[str, ...]]] | None = None
+
+
+class Node:
+    """The servers this node runs, and their listeners."""
+
+    def __init__(self, options: NodeOptions) -> None:
+        self.options = options
+        self.name = options.name
+        self.site: SiteConfig | None = None
+        self.contexts: dict[str, ServerContext] = {}
+        self.listeners: dict[Binding, Listener] = {}
+        self.errors: dict[str, str] = {}
+        self.sessions = SessionRegistry()
+        self.counters: dict[str, dict[str, int]] = {}
+        self._tls_cache: dict[tuple[str, str], Any] = {}
+
+    def mine(self, site: SiteConfig) -> list[ServerConfig]:
+        return [s for s in site.servers if s.node in ("", self.name)]
+
+    def home(self, server: ServerConfig) -> Path:
+        return (
+            Path(server.home_directory)
+            if server.home_directory
+            else self.options.mailroot / server.name
+        )
+
+    async def apply(self, site: SiteConfig) -> None:
+        """Make the listeners match ``site``; never raises for one server's problem."""
+        servers = {s.name: s for s in self.mine(site)}
+        errors: dict[str, str] = {}
+        contexts: dict[str, ServerContext] = {}
+        for server in servers.values():
+            try:
+                contexts[server.name] = self._context(site, server)
+            except (OSError, tlsinfo.TlsConfigError, SecretBoxError) as exc:
+                errors[server.name] = f"cannot prepare {server.name}: {exc}"
+        wanted = {
+            b: name
+            for name, server in servers.items()
+            if server.state in RUNNING and name in contexts
+            for b in server.bindings
+        }
+        self.contexts = contexts
+        await self._rebind(wanted, errors)
+        self.errors = errors
+        self.site = site
+
+    async def _rebind(self, wanted: dict[Binding, str], errors: dict[str, str]) -> None:
+        for binding, listener in self.listeners.items():
+            if binding in wanted:
+                listener.server = wanted[binding]  # same socket, maybe another server now
+        for binding, name in wanted.items():
+            if binding in self.listeners:
+                continue
+            try:
+                await self._open(binding, name, wanted)
+            except OSError as exc:
+                reason = exc.strerror or str(exc)
+                errors[name] = f"cannot listen on {binding}: {reason}"
+                log.error("%s: cannot listen on %s: %s", name, binding, reason)
+        for binding in [b for b in self.listeners if b not in wanted]:
+            self._close(binding)
+
+    async def _open(self, binding: Binding, name: str, wanted: dict[Binding, str]) -> None:
+        try:
+            handle = await self._serve(binding)
+        except OSError as exc:
+            # Turning 127.0.0.2:25 into *:25 needs the old socket gone first (Linux refuses
+            # the overlap); close the overlapping ones that are going away and retry once.
+            overlapping = [
+                b for b in self.listeners if b not in wanted and bindings_conflict(b, binding)
+            ]
+            if exc.errno != errno.EADDRINUSE or not overlapping:
+                raise
+            for old in overlapping:
+                self._close(old)
+            handle = await self._serve(binding)
+        self.listeners[binding] = Listener(binding, name, handle)
+        log.info("%s: listening on %s", name, binding)
+
+    async def _serve(self, binding: Binding) -> asyncio.Server:
+        loop = asyncio.get_running_loop()
+        return await loop.create_server(
+            lambda: self._session(binding), host=binding.host, port=binding.port, reuse_address=True
+        )
+
+    def _close(self, binding: Binding) -> None:
+        listener = self.listeners.pop(binding)
+        # close() stops accepting; connections already open go on to their end.
+        listener.handle.close()
+        log.info("%s: stopped listening on %s", listener.server, binding)
+
+    def _session(self, binding: Binding) -> SmtpSession:
+        listener = self.listeners.get(binding)
+        context = self.contexts.get(listener.server) if listener else None
+        if context is None:  # pragma: no cover - a listener outlived its server
+            raise ConnectionRefusedError(f"no server for {binding}")
+        return SmtpSession(context)
+
+    def _context(self, site: SiteConfig, server: ServerConfig) -> ServerContext:
+        home = self.home(server)
+        for sub in MAIL_DIRECTORIES:
+            (home / sub).mkdir(parents=True, exist_ok=True)
+        opts = self.options
+        return ServerContext(
+            cfg=server,
+            hostname=server.fqdn or opts.hostname,
+            accounts=Accounts(site, server, opts.box, opts.mock_key),
+            spool=Spool(home / "Queue"),
+            sessions=self.sessions,
+            throttle=opts.throttle,
+            executor=opts.executor,
+            tls_context=self._tls(server),
+            reverse_names=opts.reverse_names,
+            enqueue=opts.enqueue,
+            counters=self.counters.setdefault(server.name, {}),
+        )
+
+    def _tls(self, server: ServerConfig) -> Any:
+        if not server.tls.enabled:
+            return None
+        key = (server.tls.certificate, server.tls.private_key)
+        if key not in self._tls_cache:
+            pem = self.options.box.open(server.tls.private_key)
+            self._tls_cache[key] = tlsinfo.build_ssl_context(server.tls.certificate, pem)
+        return self._tls_cache[key]
+
+    async def close(self, *, grace: float = 10.0) -> None:
+        """Stop accepting, let open sessions finish for up to ``grace`` seconds, then cut."""
+        for binding in list(self.listeners):
+            self._close(binding)
+        deadline = time.monotonic() + grace
+        while len(self.sessions) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for info in self.sessions:
+            info.close()
+
+    def status(self) -> dict[str, Any]:
+        """What this node runs, for the API and the dashboard (JSON-ready)."""
+        servers: dict[str, Any] = {}
+        for server in self.mine(self.site) if self.site else []:
+            bound = [str(b) for b, lst in self.listeners.items() if lst.server == server.name]
+            servers[server.name] = {
+                "state": server.state,
+                "listening": bool(bound) and server.name not in self.errors,
+                "bindings": bound,
+                "error": self.errors.get(server.name, ""),
+                "sessions": self.sessions.count(server.name),
+                "counters": dict(self.counters.get(server.name, {})),
+            }
+        return {
+            "node": self.name,
+            "pid": os.getpid(),
+            "applied_version": self.site.version if self.site else 0,
+            "heartbeat": time.time(),
+            "servers": servers,
+            "sessions": [s.as_dict() for s in self.sessions],
+        }

@@ -1,0 +1,109 @@
+"""Configuration objects for worker tests, with IIS defaults, built without Django."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import replace
+from typing import Any
+
+from smtpworker import credentials
+from smtpworker.config import (
+    SCHEMA,
+    AccessPolicy,
+    AuthConfig,
+    DeliveryConfig,
+    DomainConfig,
+    LoggingConfig,
+    MessageLimits,
+    OutboundConfig,
+    OutboundSecurity,
+    RelayPolicy,
+    ServerConfig,
+    SiteConfig,
+    TlsConfig,
+    UserConfig,
+)
+from smtpworker.grammar import parse_access_entry, parse_binding
+from smtpworker.secretbox import SecretBox
+
+BOX = SecretBox("test encryption key")
+NO_SECURITY = OutboundSecurity(tls=False, auth_method="anonymous", username="", password="")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def local(name: str, default: bool = False) -> DomainConfig:
+    return DomainConfig(name, "local", default, False, "", False, False, NO_SECURITY)
+
+
+def remote(name: str, relay: bool = True, smart_host: str = "") -> DomainConfig:
+    return DomainConfig(
+        name, "remote", False, relay, smart_host, bool(smart_host), False, NO_SECURITY
+    )
+
+
+def server(name: str = "Test", *bindings: str, **overrides: Any) -> ServerConfig:
+    """A server with IIS 6 defaults; ``auth=dict(...)``, ``relay=dict(...)`` and the like
+    change single fields of a section."""
+    base = ServerConfig(
+        id=1,
+        name=name,
+        state="started",
+        node="",
+        bindings=tuple(parse_binding(b) for b in bindings),
+        fqdn=f"{name.lower()}.example.test",
+        home_directory="",
+        connection_limit=None,
+        connection_timeout=600,
+        logging=LoggingConfig(enabled=False, period="daily", fields=("date", "time", "c-ip")),
+        auth=AuthConfig(True, False, False, "", False, False),
+        tls=TlsConfig("", "", False),
+        connection=AccessPolicy("all_except_list", ()),
+        relay=RelayPolicy("only_list", (), True),
+        messages=MessageLimits(2048 * 1024, 10240 * 1024, 20, 100, "", ""),
+        delivery=DeliveryConfig(
+            (15, 30, 60, 240),
+            720,
+            2880,
+            720,
+            2880,
+            15,
+            "",
+            "",
+            False,
+            False,
+            (),
+            OutboundConfig(25, 1000, 100, 600, NO_SECURITY),
+        ),
+        domains=(local(f"{name.lower()}.test", default=True),),
+    )
+    sections = {"auth", "tls", "messages", "delivery", "logging"}
+    for key in list(overrides):
+        if key in sections and isinstance(overrides[key], dict):
+            overrides[key] = replace(getattr(base, key), **overrides[key])
+        elif key in ("connection", "relay") and isinstance(overrides[key], dict):
+            spec = dict(overrides[key])
+            spec["entries"] = tuple(parse_access_entry(e) for e in spec.get("entries", ()))
+            overrides[key] = replace(getattr(base, key), **spec)
+    return replace(base, **overrides)
+
+
+def user(username: str, password: str, *servers: str, cram: bool = False) -> UserConfig:
+    return UserConfig(
+        username=username,
+        active=True,
+        password_hash=credentials.hash_password(password, iterations=1000),
+        scram_sha256=credentials.make_scram_verifier(password, iterations=4096).to_text(),
+        cram_md5_context=BOX.seal(credentials.make_cram_md5_context(password)) if cram else "",
+        servers=tuple(servers),
+    )
+
+
+def site(
+    *servers: ServerConfig, users: tuple[UserConfig, ...] = (), version: int = 1
+) -> SiteConfig:
+    return SiteConfig(schema=SCHEMA, version=version, servers=servers, users=users)
