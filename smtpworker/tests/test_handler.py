@@ -119,7 +119,7 @@ def test_the_relay_list_and_remote_domains_open_relay_selectively(live: LiveNode
         assert client.rcpt("x@mx.partner.test")[0] == 250
     other = one(relay={"mode": "all_except_list", "entries": ("127.0.0.0/8",)})
     with connect(serve(live, other)) as client:
-        client.ehlo("client.test")  # type: ignore[arg-type]
+        client.ehlo("client.test")
         client.mail("a@sender.test")
         assert client.rcpt("x@foreign.test")[0] == 550
 
@@ -131,7 +131,7 @@ def test_authenticated_users_relay_with_each_mechanism(live: LiveNode) -> None:
         with connect(address) as client:
             client.ehlo("client.test")
             client.user, client.password = "alice", "s3cret"
-            method = {
+            method: dict[str, Any] = {
                 "PLAIN": client.auth_plain,
                 "LOGIN": client.auth_login,
                 "CRAM-MD5": client.auth_cram_md5,
