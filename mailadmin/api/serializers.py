@@ -15,6 +15,7 @@ from rest_framework import serializers
 
 from mailadmin.layout import DOMAIN_LAYOUT, SECRET_FIELDS, SERVER_LAYOUT, Layout
 from mailadmin.models import AccessList, Domain, SmtpUser, VirtualServer
+from mailadmin.selectors import server_runtime, worker_statuses
 from smtpworker import grammar
 
 
@@ -154,6 +155,50 @@ DomainFields = type(
 )
 
 
+class NodeRuntimeSerializer(serializers.Serializer):
+    node = serializers.CharField()
+    applied_version = serializers.IntegerField()
+    listening = serializers.BooleanField()
+    bindings = serializers.ListField(child=serializers.CharField())
+    error = serializers.CharField()
+    sessions = serializers.IntegerField()
+
+
+class RuntimeSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=["listening", "stopped", "error", "unknown"])
+    error = serializers.CharField()
+    nodes = NodeRuntimeSerializer(many=True)
+
+
+class SessionSerializer(serializers.Serializer):
+    """One SMTP client connected to a worker node (IIS's Current Sessions)."""
+
+    id = serializers.CharField(help_text="node:session, as terminate/ wants it")
+    node = serializers.CharField()
+    server = serializers.CharField()
+    client_ip = serializers.CharField()
+    client_port = serializers.IntegerField()
+    since = serializers.FloatField(help_text="Unix time the client connected")
+    helo = serializers.CharField()
+    user = serializers.CharField(allow_null=True)
+    tls = serializers.BooleanField()
+    messages = serializers.IntegerField()
+    bytes = serializers.IntegerField()
+
+
+class WorkerSerializer(serializers.Serializer):
+    """A worker node's last report."""
+
+    node = serializers.CharField()
+    applied_version = serializers.IntegerField()
+    latest_version = serializers.IntegerField()
+    behind = serializers.BooleanField()
+    heartbeat = serializers.FloatField()
+    stale = serializers.BooleanField()
+    config_error = serializers.CharField()
+    servers = serializers.DictField()
+
+
 class ServerSerializer(ServerFields):  # type: ignore[valid-type,misc]
     """A virtual server with its bindings, access lists and default domain."""
 
@@ -161,6 +206,17 @@ class ServerSerializer(ServerFields):  # type: ignore[valid-type,misc]
     tls_not_after = serializers.DateTimeField(
         read_only=True, allow_null=True, help_text="Expiry of the uploaded certificate."
     )
+    runtime = serializers.SerializerMethodField(
+        help_text="What the worker nodes run: status listening, stopped, error or unknown "
+        "(no live node serves it), the error of a failed binding, and per-node detail."
+    )
+
+    @extend_schema_field(RuntimeSerializer)
+    def get_runtime(self, obj: VirtualServer) -> dict[str, Any]:
+        statuses = self.context.get("worker_statuses")
+        if statuses is None:
+            statuses = self.context["worker_statuses"] = worker_statuses()
+        return server_runtime(obj.name, statuses)
 
 
 class DomainSerializer(DomainFields):  # type: ignore[valid-type,misc]

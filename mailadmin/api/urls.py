@@ -12,6 +12,8 @@ router = DefaultRouter()
 router.register("servers", views.ServerViewSet, basename="server")
 router.register("domains", views.DomainViewSet, basename="domain")
 router.register("users", views.UserViewSet, basename="user")
+router.register("sessions", views.SessionViewSet, basename="session")
+router.register("workers", views.WorkerViewSet, basename="worker")
 
 urlpatterns = [
     path("", include(router.urls)),

@@ -5,7 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from django.db.models import QuerySet
-from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    inline_serializer,
+)
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.authtoken.models import Token
 from rest_framework.authtoken.serializers import AuthTokenSerializer
@@ -21,13 +26,17 @@ from mailadmin import configdoc
 from mailadmin.api.serializers import (
     DomainSerializer,
     ServerSerializer,
+    SessionSerializer,
     TokenRequestSerializer,
     TokenSerializer,
     UserSerializer,
+    WorkerSerializer,
 )
 from mailadmin.api.yaml import YAMLParser, YAMLRenderer
 from mailadmin.exceptions import ConfigError
 from mailadmin.models import ConfigSnapshot, Domain, ServerState, SmtpUser, VirtualServer
+from mailadmin.selectors import sessions_list, worker_statuses
+from mailadmin.services import control as control_services
 from mailadmin.services import domains as domain_services
 from mailadmin.services import servers as server_services
 from mailadmin.services import users as user_services
@@ -256,3 +265,57 @@ class TokenView(APIView):
         serializer.is_valid(raise_exception=True)
         token, _created = Token.objects.get_or_create(user=serializer.validated_data["user"])
         return Response({"token": token.key})
+
+
+@extend_schema(tags=["runtime"])
+class SessionViewSet(viewsets.ViewSet):
+    """SMTP clients connected now, on every live worker node (IIS's Current Sessions)."""
+
+    serializer_class = SessionSerializer
+
+    @extend_schema(
+        responses=SessionSerializer(many=True),
+        parameters=[OpenApiParameter("server", str, description="only this server's sessions")],
+    )
+    def list(self, request: Request) -> Response:
+        sessions = sessions_list(worker_statuses())
+        server = request.query_params.get("server")
+        if server:
+            sessions = [s for s in sessions if s["server"] == server]
+        return Response(SessionSerializer(sessions, many=True).data)
+
+    @extend_schema(
+        request=None,
+        parameters=[OpenApiParameter("id", str, OpenApiParameter.PATH, description="node:session")],
+        responses=inline_serializer("TerminateResult", {"terminated": serializers.BooleanField()}),
+    )
+    @action(detail=True, methods=["post"])
+    def terminate(self, request: Request, pk: str | None = None) -> Response:
+        """Disconnect the client (it may reconnect; deny it under connection control)."""
+        done = control_services.session_terminate(session_id=pk or "", author=_author(request))
+        return Response({"terminated": done})
+
+
+@extend_schema(tags=["runtime"])
+class WorkerViewSet(viewsets.ViewSet):
+    """SMTP worker nodes: applied configuration version, heartbeat, staleness."""
+
+    serializer_class = WorkerSerializer
+
+    @extend_schema(responses=WorkerSerializer(many=True))
+    def list(self, request: Request) -> Response:
+        latest = current_version()
+        workers = [
+            {
+                "node": s.get("node", ""),
+                "applied_version": s.get("applied_version", 0),
+                "latest_version": latest,
+                "behind": s.get("applied_version", 0) < latest,
+                "heartbeat": s.get("heartbeat", 0),
+                "stale": s["stale"],
+                "config_error": s.get("config_error", ""),
+                "servers": s.get("servers", {}),
+            }
+            for s in worker_statuses()
+        ]
+        return Response(WorkerSerializer(workers, many=True).data)

@@ -58,8 +58,15 @@ def config_publish(*, author: str = "", reason: str = "") -> ConfigSnapshot:
     snapshot = ConfigSnapshot.objects.create(
         body=data, digest=digest, author=author[:150], reason=reason[:200]
     )
-    transaction.on_commit(lambda: push_to_redis(snapshot))
+    transaction.on_commit(lambda: _announce(snapshot))
     return snapshot
+
+
+def _announce(snapshot: ConfigSnapshot) -> None:
+    from mailadmin.services.control import control_reload
+
+    push_to_redis(snapshot)
+    control_reload(snapshot.pk)
 
 
 def current_version() -> int:

@@ -74,6 +74,8 @@ def read_urls(site: dict[str, int]) -> list[str]:
         f"/api/v1/users/{site['user']}/",
         "/api/v1/config/",
         "/api/v1/config/version/",
+        "/api/v1/sessions/",
+        "/api/v1/workers/",
     ]
 
 
@@ -89,6 +91,7 @@ def write_requests(
         ("post", f"/api/v1/servers/{site['stopped']}/start/", None),
         ("post", f"/api/v1/servers/{server}/stop/", None),
         ("post", f"/api/v1/servers/{server}/pause/", None),
+        ("post", "/api/v1/sessions/node1:abc/terminate/", None),
         ("post", "/api/v1/domains/", {"server": server, "name": "other.test", "type": "local"}),
         ("patch", f"/api/v1/domains/{domain}/", {"name": "renamed.test"}),
         (

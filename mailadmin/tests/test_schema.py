@@ -23,6 +23,9 @@ API_PATHS = {
     "/api/v1/config/": {"get", "put"},
     "/api/v1/config/version/": {"get"},
     "/api/v1/token/": {"post"},
+    "/api/v1/sessions/": {"get"},
+    "/api/v1/sessions/{id}/terminate/": {"post"},
+    "/api/v1/workers/": {"get"},
 }
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 

@@ -1,0 +1,95 @@
+"""Reads that are not plain ORM queries: what the SMTP worker nodes report.
+
+Each node writes ``mailadmin:worker:<node>`` to Redis every few seconds (with a 30 s
+expiry): its applied configuration version, heartbeat, listeners, errors and sessions.
+Redis being down means "unknown", never an error page.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+import redis
+from django.conf import settings
+
+log = logging.getLogger(__name__)
+
+WORKER_KEY_PATTERN = "mailadmin:worker:*"
+# A node that has not reported for this long is shown as stale (it reports every 2 s).
+STALE_AFTER = 10.0
+
+
+def worker_statuses() -> list[dict[str, Any]]:
+    """Every node's last report, with ``stale`` set; sorted by node name."""
+    try:
+        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2)
+        keys = sorted(client.scan_iter(WORKER_KEY_PATTERN, count=100))
+        bodies = client.mget(keys) if keys else []
+        client.close()
+    except redis.RedisError as exc:
+        log.warning("cannot read worker status from Redis: %s", exc)
+        return []
+    now = time.time()
+    statuses = []
+    for body in bodies:
+        if body is None:
+            continue
+        try:
+            status = json.loads(body)
+        except ValueError:
+            continue
+        status["stale"] = (
+            bool(status.get("stopped")) or now - float(status.get("heartbeat", 0)) > STALE_AFTER
+        )
+        statuses.append(status)
+    return sorted(statuses, key=lambda s: str(s.get("node")))
+
+
+def server_runtime(name: str, statuses: list[dict[str, Any]]) -> dict[str, Any]:
+    """One server as the nodes run it: ``status`` is listening, paused, stopped, error or
+    unknown (no live node serves it), with per-node detail."""
+    nodes = []
+    for status in statuses:
+        server = status.get("servers", {}).get(name)
+        if server is None or status["stale"]:
+            continue
+        nodes.append(
+            {
+                "node": status.get("node"),
+                "applied_version": status.get("applied_version"),
+                "listening": bool(server.get("listening")),
+                "bindings": server.get("bindings", []),
+                "error": server.get("error", ""),
+                "sessions": server.get("sessions", 0),
+            }
+        )
+    if not nodes:
+        summary = "unknown"
+    elif any(n["error"] for n in nodes):
+        summary = "error"
+    elif any(n["listening"] for n in nodes):
+        summary = "listening"
+    else:
+        summary = "stopped"
+    errors = [f"{n['node']}: {n['error']}" for n in nodes if n["error"]]
+    return {"status": summary, "error": "; ".join(errors), "nodes": nodes}
+
+
+def sessions_list(statuses: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Current SMTP sessions on every live node, newest first; ids are ``node:session``."""
+    sessions = []
+    for status in statuses:
+        if status["stale"]:
+            continue
+        for session in status.get("sessions", []):
+            sessions.append(
+                {
+                    **session,
+                    "node": status.get("node"),
+                    "id": f"{status.get('node')}:{session['id']}",
+                }
+            )
+    return sorted(sessions, key=lambda s: -float(s.get("since", 0)))

@@ -1,0 +1,167 @@
+"""Follow the published configuration: Redis pub/sub for speed, polling for certainty.
+
+The web side writes the snapshot body to ``mailadmin:config:body`` and publishes its
+version on ``mailadmin:config``. Pub/sub loses messages while disconnected, so the
+follower also polls the body key every ``poll_interval`` seconds: a lost message delays a
+change by at most that long and never loses it. A new body is validated in full
+(:func:`smtpworker.config.load_site`) before the node applies it; a bad one is refused,
+reported, and the old configuration stays. The last good body is kept in a file so a node
+restarted while Redis is down comes back with the configuration it had.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from smtpworker.config import ConfigFormatError, SiteConfig, load_site
+from smtpworker.runtime import Node
+
+log = logging.getLogger(__name__)
+
+BODY_KEY = "mailadmin:config:body"
+CHANNEL = "mailadmin:config"
+STATUS_KEY = "mailadmin:worker:{node}"
+STATUS_TTL = 30
+
+
+class Follower:
+    """Keeps a :class:`Node` on the latest valid configuration and reports its status."""
+
+    def __init__(
+        self,
+        node: Node,
+        redis_url: str,
+        cache_file: Path,
+        *,
+        poll_interval: float = 1.0,
+        status_interval: float = 2.0,
+    ) -> None:
+        self.node = node
+        self.redis = aioredis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+        self.cache_file = cache_file
+        self.poll_interval = poll_interval
+        self.status_interval = status_interval
+        self.config_error = ""
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        """Load the configuration once: from Redis, else from the last good file."""
+        if await self.check():
+            return
+        cached = self._read_cache()
+        if cached is not None:
+            log.warning(
+                "config not available from Redis; running v%s from %s",
+                cached.version,
+                self.cache_file,
+            )
+            await self.node.apply(cached)
+
+    def trigger(self) -> None:
+        """Check for a new version now (a control message or pub/sub said there is one)."""
+        self._wake.set()
+
+    async def check(self) -> bool:
+        """Fetch the body and apply it if it is a newer valid version; True if in step."""
+        async with self._lock:
+            try:
+                body = await self.redis.get(BODY_KEY)
+            except (RedisError, OSError) as exc:
+                log.debug("cannot read config from Redis: %s", exc)
+                return False
+            if body is None:
+                return False
+            return await self._consider(body if isinstance(body, bytes) else body.encode())
+
+    async def _consider(self, body: bytes) -> bool:
+        try:
+            version = json.loads(body).get("version")
+        except (ValueError, AttributeError):
+            version = None
+        current = self.node.site.version if self.node.site else None
+        if version is not None and version == current:
+            return True
+        try:
+            site = load_site(body)
+        except ConfigFormatError as exc:
+            self.config_error = f"configuration v{version} refused: {exc}"
+            log.error("%s; keeping v%s", self.config_error, current)
+            return False
+        await self.node.apply(site)
+        self.config_error = ""
+        self._write_cache(body)
+        log.info("applied configuration v%s", site.version)
+        return True
+
+    async def run(self) -> None:
+        """Run until cancelled: pub/sub listener, poller and status reporter."""
+        await asyncio.gather(self._listen(), self._poll(), self._report())
+
+    async def _poll(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            await self.check()
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                pubsub = self.redis.pubsub()
+                await pubsub.subscribe(CHANNEL)
+                async for message in pubsub.listen():
+                    if message.get("type") == "message":
+                        self.trigger()
+            except (RedisError, OSError) as exc:
+                log.debug("config channel lost (%s); polling meanwhile", exc)
+                await asyncio.sleep(self.poll_interval)
+
+    async def _report(self) -> None:
+        while True:
+            await self.publish_status()
+            await asyncio.sleep(self.status_interval)
+
+    def status(self) -> dict[str, Any]:
+        status = self.node.status()
+        status["config_error"] = self.config_error
+        return status
+
+    async def publish_status(self, *, final: bool = False) -> None:
+        status = self.status()
+        status["stopped"] = final
+        key = STATUS_KEY.format(node=self.node.name)
+        try:
+            await self.redis.set(key, json.dumps(status), ex=STATUS_TTL)
+        except (RedisError, OSError) as exc:
+            log.debug("cannot report status: %s", exc)
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+    def _read_cache(self) -> SiteConfig | None:
+        try:
+            return load_site(self.cache_file.read_bytes())
+        except (OSError, ConfigFormatError) as exc:
+            log.debug("no usable cached config at %s: %s", self.cache_file, exc)
+            return None
+
+    def _write_cache(self, body: bytes) -> None:
+        # Atomic replace: a crash mid-write must not leave a corrupt last-known-good file.
+        try:
+            self.cache_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.cache_file.with_suffix(".tmp")
+            tmp.write_bytes(body)
+            os.replace(tmp, self.cache_file)
+        except OSError as exc:
+            log.warning("cannot keep last good config in %s: %s", self.cache_file, exc)
