@@ -27,7 +27,8 @@ def admin_user(db: None) -> User:
 @pytest.fixture
 def operator_user(db: None) -> User:
     user = User.objects.create_user("watcher", password="watcher-password")
-    user.groups.add(Group.objects.get(name="operators"))
+    # get_or_create: transactional tests flush the groups the data migration made.
+    user.groups.add(Group.objects.get_or_create(name="operators")[0])
     return user
 
 

@@ -115,7 +115,7 @@ def send(client: APIClient, method: str, url: str, body: Any) -> Any:
 @pytest.fixture
 def administrator_user(db: None) -> User:
     user = User.objects.create_user("admin2", password="admin2-password")
-    user.groups.add(Group.objects.get(name="administrators"))
+    user.groups.add(Group.objects.get_or_create(name="administrators")[0])
     return user
 
 
