@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -107,7 +106,7 @@ class ControlPlane(threading.Thread):
                     while not self._stopped.is_set():
                         try:
                             conn.drain_events(timeout=1)
-                        except (TimeoutError, socket.timeout):
+                        except TimeoutError:
                             continue
             except Exception as exc:  # noqa: BLE001 - keep serving after any broker failure
                 self.ready.clear()

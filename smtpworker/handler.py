@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any
 
@@ -29,6 +30,7 @@ from smtpworker.data import DataReader
 from smtpworker.saslmech import MECHANISMS, AuthFailed
 from smtpworker.sessions import SessionInfo, SessionRegistry
 from smtpworker.spool import Envelope, Spool, SpoolError, new_queue_id
+from smtpworker.w3clog import LogRecord, W3CLog
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +57,7 @@ class ServerContext:
     reverse_names: Callable[[str], Awaitable[tuple[str, ...]]] | None = None
     # Hand a stored message to delivery; must not raise (the spool sweep is the backstop).
     enqueue: Callable[[str, str], None] = lambda queue_id, server: None
-    event: Callable[[SessionInfo, str, str, int, int], None] | None = None
+    w3c: W3CLog | None = None
     counters: dict[str, int] = field(default_factory=dict)
 
     def count(self, name: str, by: int = 1) -> None:
@@ -88,6 +90,8 @@ class SmtpSession(SMTP):
         self.mail_size: int | None = None
         self.smtputf8 = False
         self.body_8bit = False
+        # The command being answered, for the W3C log: (verb, argument, start, bytes in).
+        self._pending: tuple[str, str, float, int] | None = None
 
     # --- connection ------------------------------------------------------------------
 
@@ -160,6 +164,8 @@ class SmtpSession(SMTP):
                     await self.push("500 5.5.2 Command unrecognized")
                     continue
                 self._reset_timeout()
+                if self.ctx.w3c is not None:
+                    self._pending = (command.upper(), arg.strip(), time.monotonic(), len(line) + 2)
                 await method(arg.strip() or None)
             except asyncio.CancelledError:
                 self._writer.close()
@@ -302,7 +308,37 @@ class SmtpSession(SMTP):
     async def push(self, status: Any) -> None:
         if isinstance(status, str) and status.startswith("220 Ready to start TLS"):
             status = "220 2.0.0 Ready to start TLS"
+        if self._pending is not None:
+            text = status if isinstance(status, str) else status.decode("ascii", "replace")
+            if not text.startswith("3"):  # 334/354 are not the command's final answer
+                self._log_command(text)
         await super().push(status)
+
+    def _log_command(self, reply: str) -> None:
+        """One W3C line per command, written when its final (non-3xx) reply goes out."""
+        assert self._pending is not None and self.ctx.w3c is not None and self.info is not None
+        verb, argument, started, received = self._pending
+        self._pending = None
+        sockname = self.transport.get_extra_info("sockname") if self.transport else None
+        code = int(reply[:3]) if reply[:3].isdigit() else 0
+        self.ctx.w3c.write(
+            LogRecord(
+                when=_utc_now(),
+                client_ip=self.info.client_ip,
+                username=self.user,
+                server_name=self.ctx.cfg.name,
+                computer_name=self.hostname,
+                server_ip=sockname[0] if sockname else "",
+                server_port=sockname[1] if sockname else 0,
+                method=verb,
+                argument=argument,
+                status=code,
+                bytes_sent=len(reply) + 2,
+                bytes_received=received,
+                time_taken_ms=int((time.monotonic() - started) * 1000),
+                helo=self.info.helo,
+            )
+        )
 
     # --- AUTH -------------------------------------------------------------------------
 
@@ -464,6 +500,9 @@ class SmtpSession(SMTP):
         if reader is None:
             return
         reply = await self._accept(reader)
+        if self._pending is not None:
+            verb, argument, started, received = self._pending
+            self._pending = (verb, argument, started, received + reader.received)
         self._reset_transaction()
         await self.push(reply)
 
@@ -560,10 +599,12 @@ def _clean(text: str) -> str:
     return "".join(c if 32 < ord(c) < 127 and c not in "()\\" else "_" for c in text)[:200]
 
 
-def _local_now() -> Any:
-    from datetime import datetime
-
+def _local_now() -> datetime:
     return datetime.now().astimezone()
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 def _path_argument(arg: str | None, keyword: str) -> tuple[str, list[str]] | None:

@@ -30,6 +30,7 @@ from smtpworker.handler import ServerContext, SmtpSession
 from smtpworker.secretbox import SecretBox, SecretBoxError
 from smtpworker.sessions import SessionRegistry
 from smtpworker.spool import Spool
+from smtpworker.w3clog import W3CLog, log_directory
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ class Node:
         self.sessions = SessionRegistry()
         self.counters: dict[str, dict[str, int]] = {}
         self._tls_cache: dict[tuple[str, str], Any] = {}
+        self._logs: dict[str, W3CLog] = {}
 
     def mine(self, site: SiteConfig) -> list[ServerConfig]:
         return [s for s in site.servers if s.node in ("", self.name)]
@@ -172,8 +174,26 @@ class Node:
             tls_context=self._tls(server),
             reverse_names=opts.reverse_names,
             enqueue=opts.enqueue,
+            w3c=self._w3c(server, home),
             counters=self.counters.setdefault(server.name, {}),
         )
+
+    def _w3c(self, server: ServerConfig, home: Path) -> W3CLog | None:
+        """The server's W3C log, kept across configuration versions (one open file)."""
+        current = self._logs.get(server.name)
+        if not server.logging.enabled:
+            if current is not None:
+                current.close()
+                del self._logs[server.name]
+            return None
+        if current is None:
+            current = W3CLog(
+                log_directory(home), period=server.logging.period, fields=server.logging.fields
+            )
+            self._logs[server.name] = current
+        else:
+            current.reconfigure(period=server.logging.period, fields=server.logging.fields)
+        return current
 
     def _tls(self, server: ServerConfig) -> Any:
         if not server.tls.enabled:
@@ -193,6 +213,8 @@ class Node:
             await asyncio.sleep(0.05)
         for info in self.sessions:
             info.close()
+        for w3c in self._logs.values():
+            w3c.close()
 
     def status(self) -> dict[str, Any]:
         """What this node runs, for the API and the dashboard (JSON-ready)."""

@@ -460,3 +460,35 @@ def _replace(
 
 def _unused(_: SiteConfig, __: Any = credentials) -> None:  # keep imports honest for mypy
     pass
+
+
+def test_each_command_is_in_the_w3c_log_without_auth_secrets(live: LiveNode) -> None:
+    cfg = one(
+        logging={
+            "enabled": True,
+            "fields": ("c-ip", "cs-username", "cs-method", "cs-uri-query", "sc-status"),
+        },
+        auth={"basic": True},
+    )
+    address = serve(live, cfg, users=(user("alice", "s3cret"),))
+    with connect(address) as client:
+        client.ehlo("client.test")
+        client.login("alice", "s3cret")
+        client.mail("a@sender.test")
+        client.rcpt("b@test.test")
+        client.data(MESSAGE)
+    live.run(_flush(live))
+    (log_file,) = (live.node.home(cfg) / "LogFiles").glob("ex*.log")
+    lines = [line for line in log_file.read_text().splitlines() if not line.startswith("#")]
+    assert lines[:2] == ["127.0.0.1 - EHLO +client.test 250", "127.0.0.1 alice AUTH - 235"]
+    assert lines[2:5] == [
+        "127.0.0.1 alice MAIL +FROM:<a@sender.test> 250",
+        "127.0.0.1 alice RCPT +TO:<b@test.test> 250",
+        "127.0.0.1 alice DATA - 250",
+    ]
+    assert "s3cret" not in log_file.read_text() and "YWxpY2U" not in log_file.read_text()
+
+
+async def _flush(live: LiveNode) -> None:
+    for log in live.node._logs.values():
+        log.flush()
