@@ -96,7 +96,7 @@ async def serve(args: argparse.Namespace) -> None:
     await follower.start()
     control = ControlPlane(args.broker or args.redis, follower, loop)
     control.start()
-    runner = asyncio.create_task(follower.run())
+    runner = asyncio.gather(follower.run(), node.pickup_loop())
     log.info("node %s running (config v%s)", args.node, node.site.version if node.site else 0)
     await stop.wait()
     log.info("node %s stopping: closing listeners, letting sessions finish", args.node)

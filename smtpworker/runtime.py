@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import logging
 import os
 import time
@@ -27,6 +28,7 @@ from smtpworker.auth import Accounts, AuthThrottle
 from smtpworker.config import ServerConfig, SiteConfig
 from smtpworker.grammar import Binding, bindings_conflict
 from smtpworker.handler import ServerContext, SmtpSession
+from smtpworker.pickup import process_pickup
 from smtpworker.secretbox import SecretBox, SecretBoxError
 from smtpworker.sessions import SessionRegistry
 from smtpworker.spool import Spool
@@ -203,6 +205,49 @@ class Node:
             pem = self.options.box.open(server.tls.private_key)
             self._tls_cache[key] = tlsinfo.build_ssl_context(server.tls.certificate, pem)
         return self._tls_cache[key]
+
+    async def pickup_loop(self, interval: float = 1.0) -> None:
+        """Queue what is dropped into each running server's Pickup/ directory, forever."""
+        while True:
+            await self.pickup_once()
+            await asyncio.sleep(interval)
+
+    async def pickup_once(self) -> None:
+        loop = asyncio.get_running_loop()
+        for context in list(self.contexts.values()):
+            cfg = context.cfg
+            if cfg.state not in RUNNING:
+                continue
+            home = self.home(cfg)
+            badmail = (
+                Path(cfg.messages.badmail_directory)
+                if cfg.messages.badmail_directory
+                else home / "Badmail"
+            )
+            job = functools.partial(
+                process_pickup,
+                home / "Pickup",
+                badmail,
+                context.spool,
+                server=cfg.name,
+                enqueue=context.enqueue,
+                max_message_size=cfg.messages.max_message_size,
+                max_hop_count=cfg.delivery.max_hop_count,
+                hostname=context.hostname,
+            )
+            try:
+                result = await loop.run_in_executor(self.options.executor, job)
+            except OSError as exc:
+                log.warning("%s: pickup directory failed: %s", cfg.name, exc)
+                continue
+            if result.queued or result.bad:
+                context.count("accepted", len(result.queued))
+                log.info(
+                    "%s: pickup queued %d, badmail %d",
+                    cfg.name,
+                    len(result.queued),
+                    len(result.bad),
+                )
 
     async def close(self, *, grace: float = 10.0) -> None:
         """Stop accepting, let open sessions finish for up to ``grace`` seconds, then cut."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import os
 import smtplib
 import socket
 import ssl
@@ -492,3 +493,23 @@ def test_each_command_is_in_the_w3c_log_without_auth_secrets(live: LiveNode) -> 
 async def _flush(live: LiveNode) -> None:
     for log in live.node._logs.values():
         log.flush()
+
+
+def test_the_pickup_directory_is_queued_by_the_node(live: LiveNode) -> None:
+    cfg = one()
+    serve(live, cfg)
+    home = live.node.home(cfg)
+    dropped = home / "Pickup" / "note.eml"
+    dropped.write_bytes(b"x-sender: app@sender.test\nx-receiver: b@test.test\nSubject: p\n\nhi\n")
+    old = time.time() - 5  # writers rename finished files in; age marks them complete
+    os.utime(dropped, (old, old))
+    (home / "Pickup" / "bad.eml").write_bytes(b"\x00\x01 not a message")
+    os.utime(home / "Pickup" / "bad.eml", (old, old))
+    live.run(live.node.pickup_once())
+    (queue_id,) = spooled(live).ids()
+    envelope, data = spooled(live).load(queue_id)
+    assert envelope.sender == "app@sender.test" and envelope.recipients == ("b@test.test",)
+    assert data.endswith(b"Subject: p\r\n\r\nhi\r\n")
+    assert live.enqueued == [(queue_id, "Test")]
+    assert sorted(p.suffix for p in (home / "Badmail").iterdir()) == [".BAD", ".BDR"]
+    assert list((home / "Pickup").iterdir()) == []
