@@ -11,6 +11,7 @@ SMTP behaviour is configuration data (models), never settings.
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import dj_database_url
@@ -128,6 +129,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
     )
     DATABASES["default"]["OPTIONS"]["transaction_mode"] = "IMMEDIATE"
+    # A file, not memory, so the Celery and SMTP worker processes that end-to-end tests
+    # start can share the test database.
+    DATABASES["default"]["TEST"] = {"NAME": str(MAILADMIN_DATA_DIR / f"test-{os.getpid()}.sqlite3")}
     DATABASES["default"]["OPTIONS"]["timeout"] = 20
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -173,12 +177,28 @@ CELERY_ACCEPT_CONTENT = ["json"]
 # Seconds between re-publications of the current configuration to Redis, so a flushed
 # or restarted Redis heals on its own (the database is the record, Redis only carries it).
 MAILADMIN_CONFIG_REPUBLISH_SECONDS = envint("MAILADMIN_CONFIG_REPUBLISH_SECONDS", "10")
+MAILADMIN_SWEEP_SECONDS = envint("MAILADMIN_SWEEP_SECONDS", "5")
+MAILADMIN_SPOOL_SWEEP_SECONDS = envint("MAILADMIN_SPOOL_SWEEP_SECONDS", "30")
 CELERY_BEAT_SCHEDULE = {
     "config-republish": {
         "task": "mailadmin.config_republish",
         "schedule": float(MAILADMIN_CONFIG_REPUBLISH_SECONDS),
     },
+    "sweep-due": {"task": "mailadmin.sweep", "schedule": float(MAILADMIN_SWEEP_SECONDS)},
+    "sweep-spools": {
+        "task": "mailadmin.sweep",
+        "schedule": float(MAILADMIN_SPOOL_SWEEP_SECONDS),
+        "kwargs": {"spools": True},
+    },
 }
+# Seconds in a "minute" of the delivery schedule (retry, delay, expiration). 60 in
+# production; tests shorten it so a retry schedule plays out in seconds.
+MAILADMIN_DELIVERY_MINUTE = float(envstr("MAILADMIN_DELIVERY_MINUTE", "60"))
+# Each outbound SMTP command waits at most this long (IIS's 10-minute time-out would
+# outlive the Celery task limit above).
+MAILADMIN_OUTBOUND_TIMEOUT_CAP = envint("MAILADMIN_OUTBOUND_TIMEOUT_CAP", "60")
+# Our name in EHLO and reports for servers without an FQDN.
+MAILADMIN_HOSTNAME = envstr("MAILADMIN_HOSTNAME", socket.getfqdn())
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

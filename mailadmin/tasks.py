@@ -1,13 +1,60 @@
-"""Celery entry points. Thin: each calls one service and carries only ids."""
+"""Celery entry points. Thin: each carries ids only and calls one service.
+
+Celery is only the carrier: tasks are acknowledged late, idempotent, and limited well
+below the broker's visibility time-out; the spool and the database are the truth, and
+``sweep`` re-issues whatever is due, so a lost task delays a message but never loses it.
+"""
 
 from __future__ import annotations
 
-from celery import shared_task
+import logging
 
+import redis
+from celery import shared_task
+from django.conf import settings
+
+from mailadmin.services import sweep as sweep_services
 from mailadmin.services.config import config_republish as _config_republish
+from mailadmin.services.delivery import message_deliver
+from mailadmin.services.queue import message_ingest
+
+log = logging.getLogger(__name__)
+
+RELAY_TASK = "mailadmin.relay_message"
 
 
 @shared_task(name="mailadmin.config_republish", ignore_result=True)
 def config_republish() -> int:
     """Re-push the configuration in force to Redis if Redis lost it (beat, every few s)."""
     return _config_republish()
+
+
+@shared_task(name=RELAY_TASK, ignore_result=True, acks_late=True)
+def relay_message(server_name: str, queue_id: str) -> str:
+    """Record a spooled message if new, then run delivery for it if it is due."""
+    if message_ingest(server_name=server_name, queue_id=queue_id) is None:
+        log.warning("%s: no spooled message %s", server_name, queue_id)
+        return "missing"
+    return message_deliver(queue_id)
+
+
+@shared_task(name="mailadmin.sweep", ignore_result=True)
+def sweep(spools: bool = False) -> dict[str, int]:
+    """Re-issue what is due or abandoned; with ``spools``, also unrecorded spool files."""
+    return sweep_services.sweep(enqueue=enqueue_relay, spools=spools)
+
+
+def enqueue_relay(server_name: str, queue_id: str) -> None:
+    """Send a relay task unless one was sent for this message in the last minute."""
+    try:
+        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2)
+        fresh = client.set(f"mailadmin:enqueued:{queue_id}", 1, nx=True, ex=60)
+        client.close()
+    except redis.RedisError:
+        fresh = True  # Redis down: the send below will fail too and the sweep retries
+    if not fresh:
+        return
+    try:
+        relay_message.apply_async((server_name, queue_id))
+    except Exception as exc:  # noqa: BLE001 - the sweep re-issues it
+        log.warning("cannot enqueue %s: %s", queue_id, exc)

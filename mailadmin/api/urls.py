@@ -6,7 +6,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
-from mailadmin.api import views
+from mailadmin.api import queue_views, views
 
 router = DefaultRouter()
 router.register("servers", views.ServerViewSet, basename="server")
@@ -14,6 +14,9 @@ router.register("domains", views.DomainViewSet, basename="domain")
 router.register("users", views.UserViewSet, basename="user")
 router.register("sessions", views.SessionViewSet, basename="session")
 router.register("workers", views.WorkerViewSet, basename="worker")
+router.register("queues", queue_views.QueueViewSet, basename="queue")
+router.register("messages", queue_views.MessageViewSet, basename="message")
+router.register("traffic", queue_views.TrafficViewSet, basename="traffic")
 
 urlpatterns = [
     path("", include(router.urls)),

@@ -4,6 +4,17 @@ from __future__ import annotations
 
 from mailadmin.models.config import ConfigLock, ConfigSnapshot
 from mailadmin.models.domains import Domain, DomainKind
+from mailadmin.models.queue import (
+    FINAL_STATES,
+    OPEN_STATES,
+    Attempt,
+    Message,
+    MessageState,
+    QueueControl,
+    Recipient,
+    RecipientState,
+    TrafficCounter,
+)
 from mailadmin.models.servers import (
     AccessEntry,
     AccessList,
@@ -17,7 +28,16 @@ from mailadmin.models.servers import (
 from mailadmin.models.users import SmtpUser
 
 __all__ = [
+    "FINAL_STATES",
+    "OPEN_STATES",
     "AccessEntry",
+    "Attempt",
+    "Message",
+    "MessageState",
+    "QueueControl",
+    "Recipient",
+    "RecipientState",
+    "TrafficCounter",
     "AccessList",
     "Binding",
     "ConfigLock",
