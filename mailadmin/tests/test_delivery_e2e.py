@@ -1,0 +1,178 @@
+"""Mail through the whole product: SMTP worker -> spool -> Celery -> smart host sink.
+
+Real processes (SMTP worker, Celery worker and beat, as `make run` starts them), the real
+test database and Redis. Faults are real too: Redis flushed mid-run, the Celery worker
+killed with SIGKILL mid-delivery. At the end every accepted message is delivered or
+bounced, none lost, and duplicates stay within the one window no relay can close.
+"""
+
+from __future__ import annotations
+
+import smtplib
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from django.db.models import Count
+from rest_framework.test import APIClient
+
+from mailadmin.models import ConfigSnapshot, Message, MessageState
+from mailadmin.tests.stack import Stack, until
+from smtpworker.tests.factories import free_port
+from smtpworker.tests.sink import Sink
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def test_redis(settings: Any) -> Iterator[str]:
+    url = settings.REDIS_URL.rsplit("/", 1)[0] + "/9"
+    settings.REDIS_URL = url
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    yield url
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture
+def stack(test_redis: str, tmp_path: Path, settings: Any) -> Iterator[Stack]:
+    settings.MAILADMIN_MAILROOT = tmp_path / "mailroot"
+    running = Stack(redis_url=test_redis, mailroot=tmp_path / "mailroot", log_dir=tmp_path)
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    with Sink() as server:
+        yield server
+
+
+def configure(
+    api: APIClient, sink: Sink, django_capture_on_commit_callbacks: Any, **delivery: Any
+) -> tuple[str, int]:
+    port = free_port("127.0.0.2")
+    with django_capture_on_commit_callbacks(execute=True):
+        response = api.post(
+            "/api/v1/servers/",
+            {
+                "name": "Relay",
+                "default_domain": "corp.test",
+                "bindings": [f"127.0.0.2:{port}"],
+                "relay": {"list": ["127.0.0.0/8"]},
+                "messages": {"max_messages_per_connection": None},
+                "delivery": {
+                    "smart_host": sink.smart_host,
+                    "retry_minutes": [20, 20, 20, 20],
+                    **delivery,
+                },
+            },
+            format="json",
+        )
+    assert response.status_code == 201, response.content
+    return "127.0.0.2", port
+
+
+def send(address: tuple[str, int], count: int, tag: str) -> list[str]:
+    """Send ``count`` messages; return the queue ids the server acknowledged."""
+    acked = []
+    with smtplib.SMTP(*address, timeout=10) as client:
+        client.ehlo("load.test")
+        for i in range(count):
+            client.mail("app@corp.test")
+            client.rcpt(f"user{i % 3}@example.test")
+            code, reply = client.data(f"Subject: {tag}-{i}\r\n\r\nbody {i}\r\n".encode())
+            assert code == 250, reply
+            acked.append(reply.decode().rsplit(" ", 1)[-1])
+    return acked
+
+
+def all_done(acked: list[str]) -> bool:
+    done = Message.objects.filter(
+        queue_id__in=acked, state__in=[MessageState.DELIVERED, MessageState.BOUNCED]
+    )
+    return done.count() == len(acked)
+
+
+def subjects(sink: Sink) -> Counter[str]:
+    counter: Counter[str] = Counter()
+    for message in sink.messages:
+        for line in message.data.split(b"\r\n"):
+            if line.startswith(b"Subject: "):
+                counter[line[9:].decode()] += len(message.recipients)
+    return counter
+
+
+def test_mail_flows_from_smtp_to_the_smart_host(
+    api: APIClient, stack: Stack, sink: Sink, django_capture_on_commit_callbacks: Any
+) -> None:
+    address = configure(api, sink, django_capture_on_commit_callbacks)
+    stack.smtp(), stack.worker(), stack.beat()
+    stack.wait_smtp_applied(ConfigSnapshot.objects.latest().pk)
+    acked = send(address, 20, "flow")
+    until(lambda: all_done(acked), timeout=30, interval=0.2)
+    assert set(Message.objects.filter(queue_id__in=acked).values_list("state", flat=True)) == {
+        "delivered"
+    }
+    got = subjects(sink)
+    assert set(got) == {f"flow-{i}" for i in range(20)} and set(got.values()) == {1}
+    traffic = api.get("/api/v1/traffic/?server=Relay").json()
+    assert sum(b["accepted"] for b in traffic) == 20 and sum(b["delivered"] for b in traffic) == 20
+
+
+def test_a_flushed_redis_loses_nothing(
+    api: APIClient,
+    stack: Stack,
+    sink: Sink,
+    test_redis: str,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    address = configure(api, sink, django_capture_on_commit_callbacks)
+    sink.mode = "451"  # hold everything in the queue first
+    stack.smtp(), stack.worker(), stack.beat()
+    stack.wait_smtp_applied(ConfigSnapshot.objects.latest().pk)
+    acked = send(address, 15, "flush")
+    until(lambda: Message.objects.filter(queue_id__in=acked).count() == 15, timeout=20)
+    redis.Redis.from_url(test_redis).flushdb()  # config, status, dedup keys: all gone
+    broker = redis.Redis.from_url(str(stack.env["CELERY_BROKER_URL"]))
+    broker.flushdb()  # and every task message in flight
+    broker.close()
+    Message.objects.filter(queue_id__in=acked).update(next_attempt_at=None)  # due again now
+    sink.mode = "accept"
+    until(lambda: all_done(acked), timeout=40, interval=0.2)
+    got = subjects(sink)
+    assert set(got) == {f"flush-{i}" for i in range(15)}
+    assert max(got.values()) == 1
+
+
+def test_a_killed_celery_worker_loses_nothing_and_duplicates_little(
+    api: APIClient, stack: Stack, sink: Sink, django_capture_on_commit_callbacks: Any
+) -> None:
+    address = configure(api, sink, django_capture_on_commit_callbacks)
+    stack.smtp()
+    worker = stack.worker()
+    stack.beat()
+    stack.wait_smtp_applied(ConfigSnapshot.objects.latest().pk)
+    acked: list[str] = []
+    sender = threading.Thread(target=lambda: acked.extend(send(address, 60, "kill")))
+    sender.start()
+    kills = 2
+    for round_ in range(1, kills + 1):
+        until(lambda n=10 * round_: len(sink.messages) > n, timeout=30, interval=0.02)
+        worker.kill()  # SIGKILL to the worker and its pool processes, mid-delivery
+        worker = stack.worker(name=f"worker{round_}")
+    sender.join(60)
+    assert len(acked) == 60
+    until(lambda: all_done(acked), timeout=60, interval=0.2)
+    got = subjects(sink)
+    assert set(got) == {f"kill-{i}" for i in range(60)}  # nothing lost
+    duplicates = sum(n - 1 for n in got.values())
+    # Only deliveries in flight at a kill may repeat: at most one per process per kill.
+    assert duplicates <= 2 * kills
+    states = Message.objects.filter(queue_id__in=acked).values("state").annotate(n=Count("id"))
+    assert {row["state"]: row["n"] for row in states} == {"delivered": 60}
