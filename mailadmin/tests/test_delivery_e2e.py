@@ -8,6 +8,7 @@ bounced, none lost, and duplicates stay within the one window no relay can close
 
 from __future__ import annotations
 
+import functools
 import smtplib
 import threading
 from collections import Counter
@@ -99,6 +100,10 @@ def all_done(acked: list[str]) -> bool:
     return done.count() == len(acked)
 
 
+def _more_than(sink: Sink, count: int) -> bool:
+    return len(sink.messages) > count
+
+
 def subjects(sink: Sink) -> Counter[str]:
     counter: Counter[str] = Counter()
     for message in sink.messages:
@@ -163,7 +168,7 @@ def test_a_killed_celery_worker_loses_nothing_and_duplicates_little(
     sender.start()
     kills = 2
     for round_ in range(1, kills + 1):
-        until(lambda n=10 * round_: len(sink.messages) > n, timeout=30, interval=0.02)
+        until(functools.partial(_more_than, sink, 10 * round_), timeout=30, interval=0.02)
         worker.kill()  # SIGKILL to the worker and its pool processes, mid-delivery
         worker = stack.worker(name=f"worker{round_}")
     sender.join(60)
