@@ -229,6 +229,11 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "SERVE_PERMISSIONS": ["mailadmin.api.permissions.IsAdminOrReadOnlyOperator"],
     "COMPONENT_SPLIT_REQUEST": True,
+    "ENUM_NAME_OVERRIDES": {
+        "ServerStateEnum": "mailadmin.models.servers.ServerState",
+        "MessageStateEnum": "mailadmin.models.queue.MessageState",
+        "QueueStateEnum": ["active", "ready", "retry", "suspended"],
+    },
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",

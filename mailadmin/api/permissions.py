@@ -44,3 +44,13 @@ class IsAdminOrReadOnlyOperator(BasePermission):
         if request.method in SAFE_METHODS:
             return can_read(request.user)
         return can_write(request.user)
+
+
+class IsReader(BasePermission):
+    """Readers (operators and administrators) may use it whatever the method: for actions
+    that only compute an answer, such as the relay test."""
+
+    message = "Log in as an operator or administrator."
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        return can_read(request.user)

@@ -261,3 +261,26 @@ class TokenRequestSerializer(serializers.Serializer):
 
 class TokenSerializer(serializers.Serializer):
     token = serializers.CharField()
+
+
+class RelayCheckSerializer(serializers.Serializer):
+    client_ip = serializers.CharField(help_text="the connecting client's IP address")
+    authenticated_user = serializers.CharField(required=False, allow_blank=True, default="")
+    tls = serializers.BooleanField(required=False, default=False)
+    sender = serializers.CharField(required=False, allow_blank=True, default="")
+    recipient = serializers.CharField()
+
+
+class DecisionSerializer(serializers.Serializer):
+    code = serializers.IntegerField()
+    enhanced = serializers.CharField()
+    text = serializers.CharField()
+    rule = serializers.CharField()
+    reply = serializers.CharField()
+
+
+class RelayCheckResultSerializer(serializers.Serializer):
+    accepted = serializers.BooleanField()
+    decided_by = serializers.CharField()
+    steps = DecisionSerializer(many=True)
+    notes = serializers.ListField(child=serializers.CharField())

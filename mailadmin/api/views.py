@@ -23,8 +23,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from mailadmin import configdoc
+from mailadmin.api.permissions import IsReader
 from mailadmin.api.serializers import (
     DomainSerializer,
+    RelayCheckResultSerializer,
+    RelayCheckSerializer,
     ServerSerializer,
     SessionSerializer,
     TokenRequestSerializer,
@@ -35,12 +38,14 @@ from mailadmin.api.serializers import (
 from mailadmin.api.yaml import YAMLParser, YAMLRenderer
 from mailadmin.exceptions import ConfigError
 from mailadmin.models import ConfigSnapshot, Domain, ServerState, SmtpUser, VirtualServer
+from mailadmin.relaytest import relay_test
 from mailadmin.selectors import sessions_list, worker_statuses
 from mailadmin.services import control as control_services
 from mailadmin.services import domains as domain_services
 from mailadmin.services import servers as server_services
 from mailadmin.services import users as user_services
 from mailadmin.services.config import current_version
+from smtpworker.grammar import GrammarError
 
 
 def _author(request: Request) -> str:
@@ -90,6 +95,46 @@ class ServerViewSet(CrudViewSet):
             server=self.get_object(), state=state, author=_author(request)
         )
         return Response(self.get_serializer(self.get_queryset().get(pk=server.pk)).data)
+
+    @extend_schema(request=RelayCheckSerializer, responses=RelayCheckResultSerializer)
+    @action(detail=True, methods=["post"], url_path="check-relay", permission_classes=[IsReader])
+    def check_relay(self, request: Request, pk: str | None = None) -> Response:
+        """Would this server take this mail from this client, and which rule decides?
+
+        Runs the worker's own policy on the server as stored now (operators may ask too:
+        it changes nothing)."""
+        serializer = RelayCheckSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        try:
+            result = relay_test(
+                self.get_object(),
+                client_ip=data["client_ip"],
+                authenticated_user=data.get("authenticated_user") or None,
+                tls=data.get("tls", False),
+                sender=data.get("sender", ""),
+                recipient=data["recipient"],
+            )
+        except GrammarError as exc:
+            raise ConfigError.at(("client_ip",), str(exc)) from exc
+        steps = [
+            {
+                "code": d.code,
+                "enhanced": d.enhanced,
+                "text": d.text,
+                "rule": d.rule,
+                "reply": d.reply,
+            }
+            for d in result.steps
+        ]
+        return Response(
+            {
+                "accepted": result.accepted,
+                "decided_by": result.deciding.rule,
+                "steps": steps,
+                "notes": result.notes,
+            }
+        )
 
     @extend_schema(request=None, responses=ServerSerializer)
     @action(detail=True, methods=["post"])

@@ -76,6 +76,9 @@ def read_urls(site: dict[str, int]) -> list[str]:
         "/api/v1/config/version/",
         "/api/v1/sessions/",
         "/api/v1/workers/",
+        "/api/v1/queues/",
+        "/api/v1/messages/",
+        "/api/v1/traffic/",
     ]
 
 
@@ -92,6 +95,8 @@ def write_requests(
         ("post", f"/api/v1/servers/{server}/stop/", None),
         ("post", f"/api/v1/servers/{server}/pause/", None),
         ("post", "/api/v1/sessions/node1:abc/terminate/", None),
+        ("post", "/api/v1/queues/example.com/suspend/", None),
+        ("post", "/api/v1/messages/bulk/", {"action": "delete", "queue_ids": ["X"]}),
         ("post", "/api/v1/domains/", {"server": server, "name": "other.test", "type": "local"}),
         ("patch", f"/api/v1/domains/{domain}/", {"name": "renamed.test"}),
         (

@@ -26,6 +26,20 @@ API_PATHS = {
     "/api/v1/sessions/": {"get"},
     "/api/v1/sessions/{id}/terminate/": {"post"},
     "/api/v1/workers/": {"get"},
+    "/api/v1/servers/{id}/check-relay/": {"post"},
+    "/api/v1/queues/": {"get"},
+    "/api/v1/queues/{id}/retry/": {"post"},
+    "/api/v1/queues/{id}/suspend/": {"post"},
+    "/api/v1/queues/{id}/resume/": {"post"},
+    "/api/v1/messages/": {"get"},
+    "/api/v1/messages/{queue_id}/": {"get"},
+    "/api/v1/messages/{queue_id}/retry/": {"post"},
+    "/api/v1/messages/{queue_id}/suspend/": {"post"},
+    "/api/v1/messages/{queue_id}/resume/": {"post"},
+    "/api/v1/messages/{queue_id}/delete/": {"post"},
+    "/api/v1/messages/{queue_id}/delete-ndr/": {"post"},
+    "/api/v1/messages/bulk/": {"post"},
+    "/api/v1/traffic/": {"get"},
 }
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 
