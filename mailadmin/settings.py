@@ -185,6 +185,7 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": float(MAILADMIN_CONFIG_REPUBLISH_SECONDS),
     },
     "sweep-due": {"task": "mailadmin.sweep", "schedule": float(MAILADMIN_SWEEP_SECONDS)},
+    "traffic-collect": {"task": "mailadmin.traffic_collect", "schedule": 30.0},
     "sweep-spools": {
         "task": "mailadmin.sweep",
         "schedule": float(MAILADMIN_SPOOL_SWEEP_SECONDS),

@@ -58,3 +58,22 @@ def enqueue_relay(server_name: str, queue_id: str) -> None:
         relay_message.apply_async((server_name, queue_id))
     except Exception as exc:  # noqa: BLE001 - the sweep re-issues it
         log.warning("cannot enqueue %s: %s", queue_id, exc)
+
+
+@shared_task(name="mailadmin.traffic_collect", ignore_result=True)
+def traffic_collect() -> int:
+    """Move the SMTP workers' rejection counters into the per-minute traffic table."""
+    import json
+
+    from mailadmin.selectors import worker_statuses
+    from mailadmin.services.traffic import traffic_collect as collect
+
+    key = "mailadmin:traffic:last"
+    client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2)
+    try:
+        previous = json.loads(client.get(key) or b"{}")
+        remembered = collect([s for s in worker_statuses() if not s["stale"]], previous)
+        client.set(key, json.dumps(remembered))
+    finally:
+        client.close()
+    return len(remembered)

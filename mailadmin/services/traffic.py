@@ -41,3 +41,49 @@ def traffic_add_rejected(
         )
         row.rejected[reason] = int(row.rejected.get(reason, 0)) + count
         row.save(update_fields=["rejected"])
+
+
+# Worker counters (cumulative per process) -> the dashboard's "rejected by reason".
+REASONS = (
+    ("rejected_rcpt_550_5.7.1", "relay denied"),
+    ("rejected_rcpt_501", "bad address"),
+    ("rejected_rcpt_452", "too many recipients"),
+    ("rejected_connect_554", "connection denied"),
+    ("rejected_connect_421", "connection limit"),
+    ("rejected_size", "message too big"),
+    ("rejected_data_5.3.4", "message too big"),
+    ("rejected_data_5.4.6", "too many hops"),
+    ("auth_failures", "authentication failed"),
+)
+
+
+def rejection_reason(counter: str) -> str | None:
+    for prefix, reason in REASONS:
+        if counter.startswith(prefix):
+            return reason
+    return "other" if counter.startswith("rejected_") else None
+
+
+def traffic_collect(
+    statuses: list[dict[str, object]], previous: dict[str, dict[str, int]]
+) -> dict[str, dict[str, int]]:
+    """Add what each worker rejected since ``previous`` (its last counters, by node and
+    server) to this minute; returns the counters to remember for next time. A worker that
+    restarted (counters went down) counts from zero."""
+    remembered: dict[str, dict[str, int]] = {}
+    for status in statuses:
+        node = str(status.get("node"))
+        servers = status.get("servers")
+        if not isinstance(servers, dict):
+            continue
+        for server_name, server in servers.items():
+            counters = dict(server.get("counters", {})) if isinstance(server, dict) else {}
+            key = f"{node}/{status.get('pid')}/{server_name}"
+            before = previous.get(key, {})
+            remembered[key] = counters
+            for counter, value in counters.items():
+                reason = rejection_reason(counter)
+                delta = int(value) - int(before.get(counter, 0))
+                if reason and delta > 0:
+                    traffic_add_rejected(server_name, reason, delta)
+    return remembered
