@@ -195,6 +195,10 @@ CELERY_BEAT_SCHEDULE = {
 # Seconds in a "minute" of the delivery schedule (retry, delay, expiration). 60 in
 # production; tests shorten it so a retry schedule plays out in seconds.
 MAILADMIN_DELIVERY_MINUTE = float(envstr("MAILADMIN_DELIVERY_MINUTE", "60"))
+# How long a delivery run may hold a message. A run killed with its worker gives the
+# message back when this ends; the relay task's Celery time limits sit inside it, so a
+# slow run is stopped before a second one could start.
+MAILADMIN_DELIVERY_LEASE_SECONDS = envint("MAILADMIN_DELIVERY_LEASE_SECONDS", "360")
 # Each outbound SMTP command waits at most this long (IIS's 10-minute time-out would
 # outlive the Celery task limit above).
 MAILADMIN_OUTBOUND_TIMEOUT_CAP = envint("MAILADMIN_OUTBOUND_TIMEOUT_CAP", "60")

@@ -29,7 +29,17 @@ def config_republish() -> int:
     return _config_republish()
 
 
-@shared_task(name=RELAY_TASK, ignore_result=True, acks_late=True)
+# Inside the delivery lease: Celery stops a run before its message could be claimed again.
+_RELAY_LIMIT = max(10, settings.MAILADMIN_DELIVERY_LEASE_SECONDS - 15)
+
+
+@shared_task(
+    name=RELAY_TASK,
+    ignore_result=True,
+    acks_late=True,
+    time_limit=_RELAY_LIMIT,
+    soft_time_limit=_RELAY_LIMIT - 5,
+)
 def relay_message(server_name: str, queue_id: str) -> str:
     """Record a spooled message if new, then run delivery for it if it is due."""
     if message_ingest(server_name=server_name, queue_id=queue_id) is None:

@@ -14,7 +14,10 @@ log = logging.getLogger(__name__)
 def control_reload(version: int) -> None:
     """Ask every SMTP node to check for ``version`` now; best effort (nodes also poll)."""
     try:
-        app.control.broadcast("smtp_reload", arguments={"version": version})
+        # Only SMTP nodes (smtp@<node>) match: Celery's own workers would log an error.
+        app.control.broadcast(
+            "smtp_reload", arguments={"version": version}, pattern="smtp@*", matcher="glob"
+        )
     except Exception as exc:  # noqa: BLE001 - a broker outage must not fail the commit
         log.warning("reload broadcast for v%s failed (%s); nodes will poll", version, exc)
 

@@ -12,6 +12,7 @@ import logging
 import os
 from collections import defaultdict
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 from django.conf import settings
@@ -88,12 +89,20 @@ def _run(message: Message) -> str:
     for hop, recipients in groups.items():
         if hop.name in suspended:
             continue
+        if _lease_running_out(message):
+            busy = True  # leave the rest to the next run rather than outlive the lease
+            break
         try:
             _deliver_hop(message, cfg, hop, recipients, envelope.sender, data)
         except NoSlot as exc:
             log.info("%s: %s", message.queue_id, exc)
             busy = True
     return reports.conclude(message, cfg, data, busy=busy)
+
+
+def _lease_running_out(message: Message) -> bool:
+    margin = timedelta(seconds=min(30, settings.MAILADMIN_DELIVERY_LEASE_SECONDS / 3))
+    return message.lease_until is not None and timezone.now() + margin > message.lease_until
 
 
 def _deliver_hop(

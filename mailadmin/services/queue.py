@@ -128,7 +128,7 @@ def _create(envelope: Envelope, data: bytes, cfg: ServerConfig | None, is_report
 def message_claim(queue_id: str, *, now: datetime | None = None) -> Message | None:
     """Take the message for one delivery run if it is due and nobody holds it."""
     now = now or timezone.now()
-    lease = now + timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 60)
+    lease = now + timedelta(seconds=settings.MAILADMIN_DELIVERY_LEASE_SECONDS)
     waiting = Q(state__in=[MessageState.QUEUED, MessageState.RETRY]) & (
         Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now)
     )

@@ -114,7 +114,9 @@ class Stack:
             "MAILADMIN_SWEEP_SECONDS": "1",
             "MAILADMIN_SPOOL_SWEEP_SECONDS": "2",
             "MAILADMIN_CONFIG_REPUBLISH_SECONDS": "2",
-            "MAILADMIN_OUTBOUND_TIMEOUT_CAP": "5",
+            "MAILADMIN_OUTBOUND_TIMEOUT_CAP": "2",
+            # A killed worker's messages come back within seconds.
+            "MAILADMIN_DELIVERY_LEASE_SECONDS": "12",
         }
         self.processes: dict[str, Process] = {}
 

@@ -25,16 +25,11 @@ from rest_framework.test import APIClient
 
 from mailadmin.celery import app as celery_app
 from mailadmin.models import ConfigSnapshot
+from smtpworker.tests.factories import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def until(check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:

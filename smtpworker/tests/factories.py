@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import random
 import socket
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from smtpworker import credentials
@@ -31,9 +33,30 @@ NO_SECURITY = OutboundSecurity(tls=False, auth_method="anonymous", username="", 
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+    """A port that is free now, chosen below the kernel's ephemeral range.
+
+    Port 0 would hand out an ephemeral port, which any client connection on the machine
+    (a load test, a worker) may take before the server under test binds it.
+    """
+    low, _high = _ephemeral_range()
+    for _ in range(200):
+        port = random.randrange(10_000, max(low, 10_001))
+        with socket.socket() as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port found below the ephemeral range")
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+        low, high = text.split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
 
 
 def local(name: str, default: bool = False) -> DomainConfig:
