@@ -149,7 +149,7 @@ def test_a_remote_domain_with_its_own_smart_host_and_helo(api: APIClient, sink: 
 
 
 def test_direct_delivery_by_mx_in_preference_order(api: APIClient, sink: Sink) -> None:
-    zone = {
+    zone: dict[str, dict[str, list[Any]]] = {
         "example.test": {"MX": [(10, "mx1.example.test"), (20, "mx2.example.test")]},
         "mx1.example.test": {"A": ["127.0.0.3"]},  # nothing listens there: refused
         "mx2.example.test": {"A": ["127.0.0.1"]},
@@ -211,7 +211,7 @@ def test_4xx_is_retried_on_the_iis_schedule(api: APIClient, sink: Sink) -> None:
         before = timezone.now()
         assert run(queue_id) == "retry"
         message = Message.objects.get(queue_id=queue_id)
-        assert message.state == MessageState.RETRY
+        assert message.state == MessageState.RETRY and message.next_attempt_at is not None
         waits.append(round((message.next_attempt_at - before).total_seconds(), 1))
     assert waits == [0.1, 0.2, 0.3, 0.4, 0.4]  # first, second, third, then every 40 "minutes"
     assert Recipient.objects.get(message__queue_id=queue_id).last_reply.startswith("4.3.0")
