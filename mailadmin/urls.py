@@ -3,12 +3,50 @@
 from __future__ import annotations
 
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, re_path
 
-from mailadmin import views
+from mailadmin.views import create, domains, machine, servers, sessions, sheet, tools, users
+
+console = (
+    [
+        path("", machine.home, name="home"),
+        path("dashboard/", machine.dashboard, name="dashboard"),
+        path("state.json", machine.state_feed, name="state"),
+        path("servers/new/", create.new_server, name="server-new"),
+        path("servers/<int:pk>/", servers.overview, name="server"),
+        re_path(
+            r"^servers/(?P<pk>[0-9]+)/(?P<action>start|stop|pause)/$",
+            servers.set_state,
+            name="server-state",
+        ),
+        path("servers/<int:pk>/delete/", servers.delete, name="server-delete"),
+        path("servers/<int:pk>/properties/", sheet.properties, name="properties"),
+        path("servers/<int:pk>/properties/<str:tab>/", sheet.properties, name="properties-tab"),
+        path("servers/<int:pk>/domains/", domains.domain_list, name="domains"),
+        path("servers/<int:pk>/domains/new/", create.new_domain, name="domain-new"),
+        path("servers/<int:pk>/sessions/", sessions.session_list, name="sessions"),
+        path(
+            "servers/<int:pk>/sessions/terminate/",
+            sessions.session_terminate,
+            name="session-terminate",
+        ),
+        path("servers/<int:pk>/relay-test/", tools.relay_tester, name="relay-test"),
+        path("domains/<int:pk>/", domains.domain_properties, name="domain"),
+        path("domains/<int:pk>/delete/", domains.domain_delete, name="domain-delete"),
+        path("users/", users.user_list, name="users"),
+        path("users/new/", users.user_new, name="user-new"),
+        path("users/<int:pk>/", users.user_properties, name="user"),
+        path("users/<int:pk>/password/", users.user_password, name="user-password"),
+        path("users/<int:pk>/delete/", users.user_delete, name="user-delete"),
+        path("audit/", tools.audit_log, name="audit"),
+        path("config/", tools.config_page, name="config"),
+        path("config/export/", tools.config_export, name="config-export"),
+    ],
+    "console",
+)
 
 urlpatterns = [
-    path("", views.home, name="home"),
+    path("", include(console)),
     path("accounts/", include("django.contrib.auth.urls")),
     path("api/v1/", include("mailadmin.api.urls")),
     path("admin/", admin.site.urls),
