@@ -60,6 +60,11 @@ class NodeOptions:
     throttle: AuthThrottle = field(default_factory=AuthThrottle)
     enqueue: Callable[[str, str], None] = lambda queue_id, server: None
     reverse_names: Callable[[str], Awaitable[tuple[str, ...]]] | None = None
+    # SO_REUSEPORT on every listener, so that several processes of one node can listen on
+    # the same ip:port and Linux spreads the connections among them (``--processes``).
+    # Off for a single process: with it, a second copy of the node started by the same
+    # user would share the port silently instead of failing to bind.
+    reuse_port: bool = False
 
 
 class Node:
@@ -144,7 +149,13 @@ class Node:
     async def _serve(self, binding: Binding) -> asyncio.Server:
         loop = asyncio.get_running_loop()
         return await loop.create_server(
-            lambda: self._session(binding), host=binding.host, port=binding.port, reuse_address=True
+            lambda: self._session(binding),
+            host=binding.host,
+            port=binding.port,
+            reuse_address=True,
+            # With SO_REUSEPORT the bind still fails (EADDRINUSE, reported as the server's
+            # error) when the port is held by a socket without it or by another user.
+            reuse_port=self.options.reuse_port,
         )
 
     def _close(self, binding: Binding) -> None:
