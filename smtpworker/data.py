@@ -71,16 +71,14 @@ class DataReader:
         assert self.done and not self.too_big
         wire = bytes(self._buf)
         content = wire.replace(b"\r\n.", b"\r\n")[2:]  # RFC 5321 4.5.2 transparency
-        bare_eol = content.count(b"\n") != content.count(b"\r\n") or (
-            content.count(b"\r") != content.count(b"\r\n")
-        )
+        crlf = content.count(b"\r\n")
+        bare_eol = content.count(b"\n") != crlf or content.count(b"\r") != crlf
         if bare_eol:
             content = _BARE_EOL.sub(b"\r\n", content)
-        longest = max(map(len, content.split(b"\r\n"))) + 2 if content else 0
         return DataResult(
             content=content,
             bare_eol_fixed=bare_eol,
-            longest_line=longest,
+            line_too_long=has_long_line(content),
             received_headers=count_received(content),
             eight_bit=not content.isascii(),
         )
@@ -90,13 +88,21 @@ class DataReader:
 class DataResult:
     content: bytes
     bare_eol_fixed: bool
-    longest_line: int
+    line_too_long: bool
     received_headers: int
     eight_bit: bool
 
-    @property
-    def line_too_long(self) -> bool:
-        return self.longest_line > MAX_LINE
+
+def has_long_line(content: bytes, limit: int = MAX_LINE) -> bool:
+    """Whether a line (CRLF included) is longer than ``limit``, in C-level searches: from
+    each line start, look for the next LF within the window instead of splitting."""
+    start, end = 0, len(content)
+    while end - start > limit - 2:
+        lf = content.find(b"\n", start, start + limit)
+        if lf < 0:
+            return True
+        start = lf + 1
+    return False
 
 
 def count_received(content: bytes) -> int:

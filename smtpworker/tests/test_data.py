@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from smtpworker.data import DataReader, count_received
+from smtpworker.data import DataReader, count_received, has_long_line
 
 
 def read(*chunks: bytes, limit: int | None = None) -> DataReader:
@@ -73,3 +73,21 @@ def test_received_headers_are_counted_in_the_header_section_only() -> None:
 def test_a_message_over_the_limit_in_one_read_is_too_big() -> None:
     reader = read(b"x" * 2000 + b"\r\n.\r\n", limit=1000)
     assert reader.done and reader.too_big
+
+
+@pytest.mark.parametrize(
+    ("content", "too_long"),
+    [
+        (b"", False),
+        (b"a" * 998 + b"\r\n", False),
+        (b"a" * 999 + b"\r\n", True),
+        (b"a" * 998, False),  # no final CRLF: 998 characters still fit
+        (b"a" * 999, True),
+        ((b"b" * 500 + b"\r\n") * 10 + b"c" * 998 + b"\r\n", False),
+        ((b"b" * 500 + b"\r\n") * 10 + b"c" * 999 + b"\r\nd\r\n", True),
+    ],
+)
+def test_has_long_line_matches_a_plain_split(content: bytes, too_long: bool) -> None:
+    assert has_long_line(content) is too_long
+    longest = max(map(len, content.split(b"\r\n"))) + 2 if content else 0
+    assert too_long is (longest > 1000)
