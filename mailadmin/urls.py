@@ -5,7 +5,17 @@ from __future__ import annotations
 from django.contrib import admin
 from django.urls import include, path, re_path
 
-from mailadmin.views import create, domains, machine, servers, sessions, sheet, tools, users
+from mailadmin.views import (
+    create,
+    domains,
+    machine,
+    queues,
+    servers,
+    sessions,
+    sheet,
+    tools,
+    users,
+)
 
 console = (
     [
@@ -38,6 +48,16 @@ console = (
         path("users/<int:pk>/", users.user_properties, name="user"),
         path("users/<int:pk>/password/", users.user_password, name="user-password"),
         path("users/<int:pk>/delete/", users.user_delete, name="user-delete"),
+        path("queues/", queues.queue_list, name="queues"),
+        path("queues/action/", queues.queue_action, name="queue-action"),
+        path("queues/messages/", queues.message_list, name="messages"),
+        path("queues/messages/action/", queues.message_action, name="message-action"),
+        path("queues/messages/<str:queue_id>/", queues.message_detail, name="message"),
+        re_path(
+            r"^queues/messages/(?P<queue_id>[^/]+)/(?P<action>delete|delete-ndr)/$",
+            queues.message_delete,
+            name="message-delete",
+        ),
         path("audit/", tools.audit_log, name="audit"),
         path("config/", tools.config_page, name="config"),
         path("config/export/", tools.config_export, name="config-export"),

@@ -1,0 +1,337 @@
+"""The console's Queues pages and the Dashboard's queue and throughput parts.
+
+Messages enter the queue as the worker leaves them: a spool file plus ``message_ingest``;
+retries and attempts come from real delivery runs against a Sink told to answer 451.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.db import connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from rest_framework.test import APIClient
+
+from mailadmin.models import Message, MessageState, QueueControl
+from mailadmin.services.queue import spool_for
+from mailadmin.services.traffic import traffic_add, traffic_add_rejected
+from mailadmin.tests.test_delivery import make_server, run, spool
+from mailadmin.views import queues as queue_views
+from smtpworker.tests.sink import Sink
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def mailroot(settings: Any, tmp_path: Path) -> Path:
+    settings.MAILADMIN_MAILROOT = tmp_path / "mailroot"
+    settings.MAILADMIN_DELIVERY_MINUTE = 0.01
+    settings.MAILADMIN_OUTBOUND_TIMEOUT_CAP = 3
+    return Path(settings.MAILADMIN_MAILROOT)
+
+
+@pytest.fixture
+def enqueued(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Relay tasks the console asked for (the Celery broker is the network edge here)."""
+    sent: list[str] = []
+    monkeypatch.setattr(queue_views, "enqueue_relay", lambda server, qid: sent.append(qid))
+    return sent
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    with Sink() as server:
+        server.mode = "451"
+        yield server
+
+
+@pytest.fixture
+def relay(api: APIClient, sink: Sink) -> str:
+    make_server(api, delivery={"smart_host": sink.smart_host})
+    return sink.smart_host
+
+
+@pytest.fixture
+def client(admin_user: User) -> Client:
+    client = Client()
+    client.force_login(admin_user)
+    return client
+
+
+def deferred(sender: str, *recipients: str) -> str:
+    """A message that was tried once and got 451: state retry, one attempt."""
+    queue_id = spool(sender, *recipients)
+    assert run(queue_id) == "retry"
+    return queue_id
+
+
+def state(queue_id: str) -> str:
+    return Message.objects.get(queue_id=queue_id).state
+
+
+def listed(client: Client, query: str = "") -> list[str]:
+    html = client.get(f"/queues/messages/?{query}&fragment=1").content.decode()
+    return re.findall(r'data-queue-id="([A-Z0-9]+)"', html)
+
+
+def test_it_sends_anonymous_users_to_the_login_page(relay: str) -> None:
+    queue_id = spool("a@corp.test", "b@example.test")
+    for url in [
+        "/queues/",
+        "/queues/?fragment=1",
+        "/queues/messages/",
+        "/queues/messages/?fragment=1",
+        f"/queues/messages/{queue_id}/",
+        f"/queues/messages/{queue_id}/delete/",
+    ]:
+        response = Client().get(url)
+        assert response.status_code == 302, url
+        assert response["Location"].startswith("/accounts/login/?next="), url
+    assert Client().post("/queues/messages/action/", {"action": "delete"}).status_code == 302
+    assert state(queue_id) == MessageState.QUEUED
+
+
+def test_it_lists_the_queues_by_next_hop_with_their_state(client: Client, relay: str) -> None:
+    deferred("a@corp.test", "b@example.test")
+    deferred("c@corp.test", "d@example.test")
+    (queue,) = client.get("/queues/").context["queues"]
+    assert (queue["next_hop"], queue["state"], queue["messages"]) == (relay, "retry", 2)
+    html = client.get("/queues/?fragment=1").content.decode()
+    assert relay in html and ">Retry<" in html and "451 4.3.0 Sink is told to defer" in html
+    assert 'name="action" value="suspend"' in html
+    tree = client.get("/queues/").content.decode()
+    assert re.search(r'href="/queues/"\s+aria-current="page"', tree)
+
+
+def test_it_suspends_and_resumes_a_queue(
+    client: Client, relay: str, sink: Sink, enqueued: list[str]
+) -> None:
+    queue_id = deferred("a@corp.test", "b@example.test")
+    response = client.post("/queues/action/", {"next_hop": relay, "action": "suspend"})
+    assert response.status_code == 302
+    assert QueueControl.objects.get(next_hop=relay).suspended
+    html = client.get("/queues/?fragment=1").content.decode()
+    assert 'data-state="suspended"' in html and ">Suspended<" in html
+    assert 'value="resume"' in html and 'value="suspend"' not in html
+    page = client.get("/queues/messages/", {"queue": relay}).content.decode()
+    assert "queue-card" in page and ">Suspended<" in page
+    client.post("/queues/action/", {"next_hop": relay, "action": "resume"})
+    assert not QueueControl.objects.get(next_hop=relay).suspended
+    assert state(queue_id) == MessageState.QUEUED and enqueued == [queue_id]
+
+
+def test_filters_narrow_the_list(client: Client, relay: str) -> None:
+    old = spool("old@corp.test", "x@example.test")
+    Message.objects.filter(queue_id=old).update(
+        received_at=Message.objects.get(queue_id=old).received_at.replace(year=2000)
+    )
+    alice = deferred("alice@corp.test", "bob@example.test")
+    carol = spool("carol@corp.test", "dave@other.test")
+    assert listed(client) == [carol, alice, old]
+    assert listed(client, "sender=alice") == [alice]
+    assert listed(client, "recipient=dave@") == [carol]
+    assert listed(client, "subject=quarterly&state=retry") == [alice]
+    assert listed(client, f"queue={relay}&age=lt1h") == [carol, alice]
+    assert listed(client, "age=gt1d") == [old]
+    assert listed(client, "server=Relay&sender=nobody") == []
+    assert listed(client, "server=Elsewhere") == []
+    client.post("/queues/messages/action/", {"action": "delete", "queue_id": old, "confirm": "yes"})
+    assert old not in listed(client)  # finished messages leave the default view
+    assert old in listed(client, "state=all") and listed(client, "state=deleted") == [old]
+
+
+def test_the_live_region_keeps_the_filter(client: Client, relay: str) -> None:
+    page = client.get("/queues/messages/", {"sender": "alice", "state": "retry"})
+    refresh = re.search(r'<tbody data-refresh="([^"]+)"', page.content.decode())
+    assert refresh is not None
+    assert refresh[1] == "/queues/messages/?sender=alice&amp;state=retry&amp;fragment=1"
+    form = page.context["filter"]
+    assert form["sender"].value() == "alice" and form["state"].value() == "retry"
+
+
+def test_it_pages_by_cursor_newest_first_without_counting(client: Client, relay: str) -> None:
+    ids = [spool(f"s{i}@corp.test", "b@example.test") for i in range(7)]
+    first = client.get("/queues/messages/?limit=3")
+    assert [r["m"].queue_id for r in first.context["rows"]] == ids[::-1][:3]
+    assert first.context["newer"] is None
+    older = first.context["older"]
+    assert older.startswith("/queues/messages/?cursor=")
+    with CaptureQueriesContext(connection) as queries:
+        second = client.get(older + "&fragment=1")
+    assert re.findall(r'data-queue-id="([A-Z0-9]+)"', second.content.decode()) == ids[::-1][3:6]
+    sql = " ".join(q["sql"] for q in queries.captured_queries).upper()
+    assert "COUNT(" not in sql and "OFFSET" not in sql
+    assert client.get("/queues/messages/?cursor=garbage").status_code == 404
+
+
+def test_bulk_suspend_resume_and_retry_go_through_the_services(
+    client: Client, relay: str, enqueued: list[str]
+) -> None:
+    a, b = deferred("a@corp.test", "x@example.test"), deferred("b@corp.test", "y@example.test")
+    response = client.post(
+        "/queues/messages/action/",
+        {"action": "suspend", "queue_id": [a, b], "next": "/queues/messages/?state=retry"},
+    )
+    assert response.status_code == 302 and response["Location"] == "/queues/messages/?state=retry"
+    assert {state(a), state(b)} == {MessageState.SUSPENDED}
+    assert run(a) == "not due"
+    client.post("/queues/messages/action/", {"action": "resume", "queue_id": [a]})
+    assert (state(a), state(b)) == (MessageState.QUEUED, MessageState.SUSPENDED)
+    assert enqueued == [a]
+    client.post("/queues/messages/action/", {"action": "retry", "queue_id": [a, b]})
+    assert state(b) == MessageState.SUSPENDED  # retry leaves suspended messages alone
+    assert enqueued == [a, a]
+    followed = client.post(
+        "/queues/messages/action/", {"action": "suspend", "queue_id": [b]}, follow=True
+    )
+    assert "could not be" in followed.content.decode()
+    off_site = client.post(
+        "/queues/messages/action/", {"action": "retry", "queue_id": [a], "next": "//evil.test/"}
+    )
+    assert off_site["Location"] == "/queues/messages/"
+
+
+def test_delete_asks_first(
+    client: Client, relay: str, django_capture_on_commit_callbacks: Any
+) -> None:
+    queue_id = deferred("a@corp.test", "b@example.test")
+    confirm = client.get(f"/queues/messages/{queue_id}/delete/")
+    assert confirm.status_code == 200 and 'name="confirm" value="yes"' in confirm.content.decode()
+    unconfirmed = client.post(
+        "/queues/messages/action/", {"action": "delete", "queue_id": queue_id}
+    )
+    html = unconfirmed.content.decode()
+    assert (
+        unconfirmed.status_code == 200 and "Delete 1 message?" in html and "Nobody is told" in html
+    )
+    assert client.post(f"/queues/messages/{queue_id}/delete/").status_code == 200
+    assert state(queue_id) == MessageState.RETRY
+    assert queue_id in spool_for("Relay").ids()
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(
+            "/queues/messages/action/",
+            {"action": "delete", "queue_id": queue_id, "confirm": "yes"},
+        )
+    assert response.status_code == 302
+    assert state(queue_id) == MessageState.DELETED
+    assert queue_id not in spool_for("Relay").ids()
+
+
+def test_delete_with_ndr_tells_the_sender(client: Client, relay: str) -> None:
+    queue_id = deferred("a@corp.test", "b@example.test")
+    page = client.post("/queues/messages/action/", {"action": "delete_ndr", "queue_id": queue_id})
+    assert "non-delivery report" in page.content.decode()
+    assert state(queue_id) == MessageState.RETRY
+    client.post(
+        "/queues/messages/action/", {"action": "delete_ndr", "queue_id": queue_id, "confirm": "yes"}
+    )
+    assert state(queue_id) == MessageState.DELETED
+    report = Message.objects.get(is_report=True)
+    assert list(report.recipients.values_list("address", flat=True)) == ["a@corp.test"]
+
+
+def test_the_detail_shows_envelope_recipients_attempts_and_headers(
+    client: Client, relay: str
+) -> None:
+    queue_id = deferred("a@corp.test", "b@example.test", "c@example.test")
+    run(queue_id)
+    response = client.get(f"/queues/messages/{queue_id}/")
+    html = response.content.decode()
+    assert response.context["headers"][:3] == [
+        ("From", "a@corp.test"),
+        ("To", "b@example.test"),
+        ("Subject", "Quarterly numbers"),
+    ]
+    assert "Message-ID" in html and "&lt;m1@corp.test&gt;" in html
+    assert html.count('class="code code-4xx">451</span>') >= 2 + 2  # 2 attempts, 2 recipients
+    assert "c@example.test" in html and "127.0.0.1" in html
+    assert 'Delivery attempts <span class="muted">(2)</span>' in html
+    assert "Delete with NDR…" in html
+    assert client.get("/queues/messages/NOSUCHMESSAGE/").status_code == 404
+
+
+def test_operators_see_no_write_controls_and_are_refused(
+    operator_user: User, relay: str, enqueued: list[str]
+) -> None:
+    queue_id = deferred("a@corp.test", "b@example.test")
+    client = Client()
+    client.force_login(operator_user)
+    for url in ["/queues/", "/queues/messages/", f"/queues/messages/{queue_id}/"]:
+        html = client.get(url).content.decode()
+        assert 'name="queue_id"' not in html and 'name="action"' not in html, url
+        assert "Delete…" not in html and 'method="post" action="/queues' not in html, url
+    for url, data in [
+        ("/queues/action/", {"next_hop": relay, "action": "suspend"}),
+        ("/queues/messages/action/", {"action": "suspend", "queue_id": queue_id}),
+        ("/queues/messages/action/", {"action": "delete", "queue_id": queue_id, "confirm": "yes"}),
+        (f"/queues/messages/{queue_id}/delete/", {}),
+    ]:
+        assert client.post(url, data).status_code == 403, url
+    assert state(queue_id) == MessageState.RETRY and not QueueControl.objects.exists()
+
+
+def test_it_refuses_a_post_without_the_csrf_token(admin_user: User, relay: str) -> None:
+    queue_id = deferred("a@corp.test", "b@example.test")
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(admin_user)
+    data = {"action": "suspend", "queue_id": queue_id}
+    assert client.post("/queues/messages/action/", data).status_code == 403
+    assert (
+        client.post("/queues/action/", {"next_hop": relay, "action": "suspend"}).status_code == 403
+    )
+    assert state(queue_id) == MessageState.RETRY
+    page = client.get("/queues/messages/").content.decode()
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page)
+    assert token is not None
+    response = client.post("/queues/messages/action/", {**data, "csrfmiddlewaretoken": token[1]})
+    assert response.status_code == 302 and state(queue_id) == MessageState.SUSPENDED
+    for url in ["/queues/", "/queues/messages/", f"/queues/messages/{queue_id}/"]:
+        html = client.get(url).content.decode()
+        for form in re.findall(r"<form[^>]*method=\"post\".*?</form>", html, flags=re.S):
+            assert "csrfmiddlewaretoken" in form, (url, form[:200])
+
+
+def test_the_dashboard_shows_counts_throughput_and_queue_shape(client: Client, relay: str) -> None:
+    deferred("a@corp.test", "b@example.test")
+    spool("c@corp.test", "d@example.test")
+    traffic_add("Relay", delivered=5, bounced=1)
+    traffic_add_rejected("Relay", "relay denied", 3)
+    response = client.get("/dashboard/?fragment=1")
+    data = response.context
+    counts = {key: n for key, _label, n in data["message_counts"]["open"]}
+    assert counts == {"queued": 1, "active": 0, "retry": 1, "suspended": 0}
+    hour = data["traffic"]["hour"]
+    assert {name: n for name, _label, n in hour["totals"]} == {
+        "accepted": 2,
+        "delivered": 5,
+        "deferred": 1,
+        "bounced": 1,
+    }
+    assert hour["rejected"] == [("relay denied", 3)]
+    assert hour["summary"] == (
+        "Last hour: 2 accepted, 5 delivered, 1 deferred, 1 bounced, 3 rejected (relay denied 3)."
+    )
+    (row,) = data["shape"]["rows"]
+    assert (row["next_hop"], row["lt_1h"], row["total"]) == (relay, 2, 2)
+    html = response.content.decode()
+    chart_json = re.search(
+        r'<script id="dash-chart-data" type="application/json">(.*?)</script>', html
+    )
+    assert chart_json is not None
+    charts = json.loads(chart_json[1])
+    assert sum(charts["hour"]["accepted"]) == 2 and sum(charts["day"]["delivered"]) == 5
+    ((reason, counts),) = charts["hour"]["rejected"].items()
+    assert reason == "relay denied" and sum(counts) == 3 and len(counts) == len(charts["hour"]["t"])
+    assert len(charts["day"]["t"]) in (24, 25)
+    assert 'id="chart-hour" data-chart="hour" data-live-keep' in html
+    assert "Show as a table" in html and 'id="chart-hour-summary"' in html
+    page = client.get("/dashboard/").content.decode()
+    assert "vendor/uplot/uPlot.min.css" in page and "mailadmin/charts.js" in page
+    assert 'class="flashes"' not in page  # the counts must not pass for Django's messages
