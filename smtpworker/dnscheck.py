@@ -22,12 +22,23 @@ log = logging.getLogger(__name__)
 class ReverseResolver:
     """Async, bounded and cached: a slow DNS server costs a session at most ``timeout``."""
 
-    def __init__(self, *, timeout: float = 3.0, ttl: float = 300.0, capacity: int = 10_000) -> None:
+    def __init__(
+        self,
+        *,
+        timeout: float = 3.0,
+        ttl: float = 300.0,
+        capacity: int = 10_000,
+        nameservers: tuple[tuple[str, int], ...] = (),
+    ) -> None:
         self.timeout = timeout
         self.ttl = ttl
         self.capacity = capacity
         self._cache: dict[str, tuple[float, tuple[str, ...]]] = {}
-        self._resolver = dns.asyncresolver.Resolver()
+        # The system resolver, unless name servers are given (tests, split-horizon DNS).
+        self._resolver = dns.asyncresolver.Resolver(configure=not nameservers)
+        if nameservers:
+            self._resolver.nameservers = [host for host, _port in nameservers]
+            self._resolver.port = nameservers[0][1]
         self._resolver.lifetime = timeout
 
     async def names(self, ip: str) -> tuple[str, ...]:
