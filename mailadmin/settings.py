@@ -244,13 +244,63 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
 }
 
+# LOG_FORMAT=json: one JSON object per line (time, level, logger, message and the extra
+# fields such as queue_id, server, node, client_ip, session) from the web process and
+# Celery, as from the SMTP worker (smtpworker.jsonlog). plain (the default) keeps the
+# classic line, with the same extra fields appended as key=value.
+LOG_FORMAT = envstr("LOG_FORMAT", "plain").strip().lower()
+if LOG_FORMAT not in ("plain", "json"):
+    raise ImproperlyConfigured(f"LOG_FORMAT={LOG_FORMAT!r} is not plain or json")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {
+            "()": "mailadmin.jsonlog.PlainFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s: %(message)s",
+        },
+        "json": {"()": "mailadmin.jsonlog.JsonFormatter"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": envstr("LOG_LEVEL", "INFO")},
+    # JSON: Django's own handlers (runserver's access lines, the DEBUG console) would write
+    # plain lines beside ours, so those loggers go through the root handler alone.
+    "loggers": {
+        "django": {"handlers": [], "level": "INFO", "propagate": True},
+        "django.server": {"handlers": [], "level": "INFO", "propagate": True},
+    }
+    if LOG_FORMAT == "json"
+    else {},
 }
+
+# /metrics (Prometheus text format). Logged-in operators and administrators may always
+# read it; besides them, a scraper needs either this token (Authorization: Bearer ...;
+# empty: no token access) or an address in MAILADMIN_METRICS_ALLOW, a comma-separated
+# list of IPs and networks (CIDR or IIS's 10.1.0.0/255.255.0.0) matched against the
+# peer address (REMOTE_ADDR: behind a reverse proxy, that is the proxy).
+MAILADMIN_METRICS_TOKEN = envstr("MAILADMIN_METRICS_TOKEN", "")
+
+
+def _metrics_allow(entries: list[str]) -> list[str]:
+    from smtpworker.grammar import GrammarError, parse_access_entry
+
+    allowed = []
+    for text in entries:
+        try:
+            entry = parse_access_entry(text)
+        except GrammarError as exc:
+            raise ImproperlyConfigured(f"MAILADMIN_METRICS_ALLOW: {exc}") from exc
+        if entry.kind == "domain":
+            raise ImproperlyConfigured(
+                f"MAILADMIN_METRICS_ALLOW: {text!r} is a domain; list IPs and networks only"
+            )
+        allowed.append(entry.value)
+    return allowed
+
+
+MAILADMIN_METRICS_ALLOW = _metrics_allow(envlist("MAILADMIN_METRICS_ALLOW", ""))
+# The delivery latency histogram covers the messages received this many hours back.
+MAILADMIN_METRICS_LATENCY_HOURS = envint("MAILADMIN_METRICS_LATENCY_HOURS", "24")
 
 # PBKDF2 rounds for SMTP user passwords (AUTH PLAIN/LOGIN); SCRAM gets 1/150 of it, at
 # least 4096 (RFC 7677). Tests lower it to keep account creation fast.

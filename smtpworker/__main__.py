@@ -61,6 +61,8 @@ from smtpworker.config import ServerConfig, SiteConfig
 from smtpworker.control import ControlPlane
 from smtpworker.dnscheck import ReverseResolver
 from smtpworker.handoff import Handoff
+from smtpworker.jsonlog import FORMATS as LOG_FORMATS
+from smtpworker.jsonlog import configure as configure_logging
 from smtpworker.runtime import Node, NodeOptions
 from smtpworker.secretbox import SecretBox
 from smtpworker.watcher import Follower
@@ -68,7 +70,6 @@ from smtpworker.watcher import Follower
 log = logging.getLogger("smtpworker")
 
 DEV_KEY = "dev-insecure-mailadmin-secret-key-change-me"  # matches mailadmin.settings' default
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Supervisor: a child that lived less than this is "dying young" and restarts back off.
 YOUNG_SECONDS = 10.0
 RESTART_DELAY = 1.0
@@ -126,7 +127,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="worker processes sharing the listeners (SO_REUSEPORT); 0: one per usable CPU",
     )
     parser.add_argument("--log-level", default=env("LOG_LEVEL", "INFO"))
+    parser.add_argument(
+        "--log-format",
+        default=env("LOG_FORMAT", "plain").strip().lower() or "plain",
+        help="plain (the default), or json: one JSON object per line",
+    )
     args = parser.parse_args(argv)
+    if args.log_format not in LOG_FORMATS:
+        parser.error(f"--log-format (LOG_FORMAT) must be one of {', '.join(LOG_FORMATS)}")
     if args.processes < 0:
         parser.error("--processes must be 0 (one per usable CPU) or more")
     return args
@@ -372,10 +380,7 @@ def _child(args: argparse.Namespace, member: Member, old_mask: set[int]) -> int:
             signal.signal(signo, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         _die_with_parent()
-        for handler in logging.getLogger().handlers:
-            handler.setFormatter(
-                logging.Formatter(LOG_FORMAT.replace("%(name)s", f"{member.name} %(name)s"))
-            )
+        configure_logging(args.log_level, args.log_format, node=member.name, show_node=True)
         asyncio.run(serve(args, member))
         code = 0
     except SystemExit as exc:
@@ -411,7 +416,7 @@ def usable_cpus() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level, format=LOG_FORMAT)
+    configure_logging(args.log_level, args.log_format, node=args.node)
     # aiosmtpd logs every connection and command at INFO; our own logs say what matters.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
     count = args.processes or usable_cpus()

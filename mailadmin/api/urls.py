@@ -6,7 +6,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
-from mailadmin.api import queue_views, views
+from mailadmin.api import queue_views, tracking, views
 
 router = DefaultRouter()
 router.register("servers", views.ServerViewSet, basename="server")
@@ -17,6 +17,7 @@ router.register("workers", views.WorkerViewSet, basename="worker")
 router.register("queues", queue_views.QueueViewSet, basename="queue")
 router.register("messages", queue_views.MessageViewSet, basename="message")
 router.register("traffic", queue_views.TrafficViewSet, basename="traffic")
+router.register("tracking", tracking.TrackingViewSet, basename="tracking")
 
 urlpatterns = [
     path("", include(router.urls)),

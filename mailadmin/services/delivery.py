@@ -53,9 +53,15 @@ def message_deliver(queue_id: str) -> str:
     message = message_claim(queue_id)
     if message is None:
         return "not due"
+    context = {"queue_id": queue_id, "server": message.server_name}
+    log.info("delivery run for %s (%d deferred so far)", queue_id, message.attempts, extra=context)
     try:
-        return _run(message)
-    except Exception:
+        outcome = _run(message)
+        log.info("%s: %s", queue_id, outcome, extra={**context, "outcome": outcome})
+        return outcome
+    except Exception as exc:
+        # Celery logs the traceback with the task; this line carries the queue id.
+        log.warning("delivery run for %s failed: %r", queue_id, exc, extra=context)
         # Give the message back (due again soon) rather than wait for the lease to end.
         Message.objects.filter(pk=message.pk, state=MessageState.ACTIVE).update(
             state=MessageState.RETRY,
@@ -95,7 +101,12 @@ def _run(message: Message) -> str:
         try:
             _deliver_hop(message, cfg, hop, recipients, envelope.sender, data)
         except NoSlot as exc:
-            log.info("%s: %s", message.queue_id, exc)
+            log.info(
+                "%s: %s",
+                message.queue_id,
+                exc,
+                extra={"queue_id": message.queue_id, "server": message.server_name},
+            )
             busy = True
     return reports.conclude(message, cfg, data, busy=busy)
 
@@ -217,6 +228,22 @@ def _record(
                 recipients=", ".join(addresses),
                 code=code,
                 reply=reply[:2000],
+            )
+            log.info(
+                "%s: %s via %s: %s %s",
+                message.queue_id,
+                ", ".join(addresses),
+                host or hop.name,
+                code,
+                reply,
+                extra={
+                    "queue_id": message.queue_id,
+                    "server": message.server_name,
+                    "next_hop": hop.name,
+                    "host": host,
+                    "code": code,
+                    "recipients": addresses,
+                },
             )
         failing = [o for o in outcomes.values() if 400 <= o.code < 500]
         if failing:

@@ -40,6 +40,7 @@ API_PATHS = {
     "/api/v1/messages/{queue_id}/delete-ndr/": {"post"},
     "/api/v1/messages/bulk/": {"post"},
     "/api/v1/traffic/": {"get"},
+    "/api/v1/tracking/": {"get"},
 }
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 
