@@ -8,6 +8,7 @@ lease ran out), and enqueues a relay task for each.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 
 from django.db.models import Q
 from django.utils import timezone
@@ -16,6 +17,7 @@ from mailadmin.models import Message, MessageState, VirtualServer
 from mailadmin.services.queue import message_ingest, spool_for
 
 BATCH = 2000
+HANDOFF_GRACE = timedelta(seconds=30)
 
 
 def sweep(*, enqueue: Callable[[str, str], None], spools: bool = True) -> dict[str, int]:
@@ -25,8 +27,15 @@ def sweep(*, enqueue: Callable[[str, str], None], spools: bool = True) -> dict[s
     now = timezone.now()
     due = (
         Message.objects.filter(
-            Q(state__in=[MessageState.QUEUED, MessageState.RETRY])
-            & (Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
+            # A new message's relay task is normally in flight already (the SMTP worker's
+            # hand-off): only one still waiting after HANDOFF_GRACE counts as lost.
+            Q(
+                state=MessageState.QUEUED,
+                next_attempt_at__isnull=True,
+                received_at__lt=now - HANDOFF_GRACE,
+            )
+            | Q(state__in=[MessageState.QUEUED, MessageState.RETRY], next_attempt_at__lte=now)
+            | Q(state=MessageState.RETRY, next_attempt_at__isnull=True)
             | Q(state=MessageState.ACTIVE, lease_until__lt=now)
         )
         .order_by("next_attempt_at")
