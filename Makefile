@@ -7,14 +7,15 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 # Extension-less Python scripts, which ruff and mypy do not discover on their own.
-SCRIPTS := bin/run bin/with-redis
+SCRIPTS := bin/run bin/with-redis bin/proof
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test lint typecheck fmt clean
+.PHONY: help install run test proof lint typecheck fmt clean
 
 help:
 	@echo "make run        migrate, collect static, ensure an admin, run every process (Ctrl-C stops)"
 	@echo "make test       run pytest with a real Redis (PYTEST_ARGS=... passes arguments)"
+	@echo "make proof      run the proof suites (tests/proof, long ones too) and print one table"
 	@echo "make lint       ruff check, ruff format --check, mypy"
 	@echo "make fmt        ruff check --fix, ruff format"
 	@echo "make install    create $(VENV) and install requirements-dev.txt"
@@ -41,6 +42,9 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python bin/with-redis $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+proof: $(STAMP)
+	$(BIN)/python bin/with-redis $(BIN)/python bin/proof $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check . $(SCRIPTS)

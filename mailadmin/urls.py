@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.contrib import admin
+from django.contrib.auth import views as auth_views
 from django.urls import include, path, re_path
 
 from mailadmin.metrics import metrics_view
@@ -68,7 +69,18 @@ console = (
 
 urlpatterns = [
     path("", include(console)),
-    path("accounts/", include("django.contrib.auth.urls")),
+    # Login, logout and password change only: no password reset by e-mail, which would let
+    # anyone have reset links mailed (console users are few and set up by an administrator).
+    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path(
+        "accounts/password_change/", auth_views.PasswordChangeView.as_view(), name="password_change"
+    ),
+    path(
+        "accounts/password_change/done/",
+        auth_views.PasswordChangeDoneView.as_view(),
+        name="password_change_done",
+    ),
     path("api/v1/", include("mailadmin.api.urls")),
     path("admin/", admin.site.urls),
     path("metrics", metrics_view, name="metrics"),

@@ -10,6 +10,8 @@ connected: a configuration change reaches new connections only (Postfix's reload
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import logging
 import socket
 import ssl
@@ -21,12 +23,13 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, TLSSetupException
+from aiosmtpd.smtp import MISSING, SMTP, TLSSetupException, _Missing
 
 from smtpworker import policy
 from smtpworker.auth import Accounts, AuthThrottle
 from smtpworker.config import ServerConfig
 from smtpworker.data import DataReader
+from smtpworker.jsonlog import ContextAdapter
 from smtpworker.saslmech import MECHANISMS, AuthFailed
 from smtpworker.sessions import SessionInfo, SessionRegistry
 from smtpworker.spool import Envelope, Spool, SpoolError, new_queue_id
@@ -38,6 +41,9 @@ COMMAND_LIMIT = 512  # RFC 5321 4.5.3.1.4, CRLF included
 MAIL_COMMAND_LIMIT = 512 + 26 + 10 + 500  # SIZE, SMTPUTF8 (RFC 1870, 6531) and AUTH=
 BOGUS_LIMIT = 10
 READ_CHUNK = 256 * 1024
+# DATA's deadline, as Postfix's smtpd_min_data_rate: the connection time-out plus one second
+# per this many bytes received.
+MIN_DATA_RATE = 500
 IDENT = "ESMTP mailadmin"
 
 
@@ -80,6 +86,8 @@ class SmtpSession(SMTP):
             auth_require_tls=False,
         )
         self.ctx = context
+        # Every line of this session carries its server, client, session id (and queue id).
+        self.log = ContextAdapter(log, {"server": cfg.name})
         self.info: SessionInfo | None = None
         self.client: policy.Client | None = None
         self.user: str | None = None
@@ -106,6 +114,7 @@ class SmtpSession(SMTP):
         self.info = SessionInfo(
             server=cfg.name, client_ip=ip, client_port=port, close=self._terminate
         )
+        self.log = self.log.bind(client_ip=ip, session=self.info.id)
         decision = policy.check_connect(
             cfg, self.client, active_connections=self.ctx.sessions.count(cfg.name)
         )
@@ -114,6 +123,7 @@ class SmtpSession(SMTP):
                 421, "4.7.0", f"{self.hostname} Too many failed logins, try later", "auth throttle"
             )
         if not decision.ok:
+            self.log.debug("connection refused: %s %s", decision.code, decision.text)
             self.ctx.count(f"rejected_connect_{decision.code}")
             await self._reply_and_close(f"{decision.code} {decision.text}")
             return
@@ -174,7 +184,7 @@ class SmtpSession(SMTP):
                 self._writer.close()
                 raise
             except TLSSetupException as error:
-                log.info(
+                self.log.info(
                     "%s: TLS handshake with %s failed: %s",
                     self.ctx.cfg.name,
                     self.info and self.info.client_ip,
@@ -207,7 +217,13 @@ class SmtpSession(SMTP):
         if any(b < 32 and b != 9 for b in line) or 127 in line:
             await self.push("500 5.5.2 Syntax error, control characters in command")
             return None
-        return line.decode("utf-8", errors="surrogateescape")
+        try:
+            # RFC 6531 allows UTF-8 in commands, nothing else: undecodable bytes kept as
+            # surrogates would reach the session list, and no UTF-8 page or JSON can show them.
+            return line.decode("utf-8")
+        except UnicodeDecodeError:
+            await self.push("500 5.5.2 Syntax error, command is not valid UTF-8")
+            return None
 
     async def _skip_line(self, consumed: int) -> None:
         await self._reader.read(consumed)
@@ -219,7 +235,7 @@ class SmtpSession(SMTP):
                 await self._reader.read(exc.consumed)
 
     async def handle_exception(self, error: Exception) -> str:
-        log.exception(
+        self.log.exception(
             "%s: session error from %s", self.ctx.cfg.name, self.client and self.client.ip
         )
         return "451 4.3.0 Internal error, try again later"
@@ -387,6 +403,40 @@ class SmtpSession(SMTP):
             await asyncio.sleep(wait)
         await self.push("535 5.7.8 Authentication credentials invalid")
 
+    async def challenge_auth(
+        self,
+        challenge: str | bytes,
+        encode_to_b64: bool = True,
+        log_client_response: bool = False,
+    ) -> _Missing | bytes:
+        """Send ``334 <challenge>`` and return the client's decoded answer, or MISSING
+        once the exchange is over (answered here: cancelled, bad base64, line too long).
+
+        aiosmtpd's own reads the answer with readline(), whose ValueError for a line past
+        the stream limit would end in a 451 and a traceback; such a line is skipped here
+        and refused with RFC 4954's 500 5.5.6, the way _read_command refuses long commands.
+        """
+        raw = challenge.encode() if isinstance(challenge, str) else challenge
+        await self.push(b"334 " + (base64.b64encode(raw) if encode_to_b64 else raw))
+        try:
+            line = await self._reader.readuntil(b"\n")
+        except asyncio.LimitOverrunError as exc:
+            await self._skip_line(exc.consumed)
+            await self.push("500 5.5.6 Authentication Exchange line is too long")
+            return MISSING
+        except asyncio.IncompleteReadError:
+            self._terminate()
+            raise asyncio.CancelledError() from None
+        blob = line.strip()
+        if blob == b"*":
+            await self.push("501 5.7.0 Auth aborted")
+            return MISSING
+        try:
+            return base64.b64decode(blob, validate=True)
+        except binascii.Error:
+            await self.push("501 5.5.2 Can't decode base64")
+            return MISSING
+
     async def run_blocking(self, func: Callable[..., Any], *args: Any) -> Any:
         """Run slow work (PBKDF2, fsync) off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self.ctx.executor, func, *args)
@@ -507,15 +557,28 @@ class SmtpSession(SMTP):
         await self.push(reply)
 
     async def _receive(self, reader: DataReader) -> DataReader | None:
-        """Read DATA in large chunks; None if the connection went away first."""
+        """Read DATA in large chunks; None if the connection went away first.
+
+        The idle time-out (IIS's) restarts with every chunk, but DATA as a whole also has a
+        deadline: the time-out plus one second per MIN_DATA_RATE bytes received, counted
+        up to the size limit. A client that dribbles a byte a second, or streams on past
+        the limit, is cut off with the time-out's 421 instead of holding the session.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout_duration
         # Bytes that arrived with the DATA command line are already in the stream buffer.
         while not reader.done:
             chunk = await self._reader.read(READ_CHUNK)
             if not chunk:
                 self._terminate()
                 return None
-            self._reset_timeout()
             reader.feed(chunk)
+            credited = (
+                reader.received if reader.limit is None else min(reader.received, reader.limit)
+            )
+            left = deadline + credited / MIN_DATA_RATE - loop.time()
+            self._reset_timeout(max(0.001, min(self._timeout_duration, left)))
+        self._reset_timeout()  # storing the message must not run into DATA's deadline
         if reader.leftover:
             # Pipelined commands that followed the terminator go back to the command loop.
             self._reader._buffer[0:0] = reader.leftover  # type: ignore[attr-defined]
@@ -561,13 +624,21 @@ class SmtpSession(SMTP):
         try:
             await self.run_blocking(self.ctx.spool.store, envelope, data)
         except SpoolError as exc:
-            log.error("%s: cannot spool a message: %s", self.ctx.cfg.name, exc)
+            self.log.error("%s: cannot spool a message: %s", self.ctx.cfg.name, exc)
             return "452 4.3.1 Insufficient system storage, try again later"
         self.messages += 1
         self.session_bytes += len(content)
         self.info.messages += 1
         self.info.bytes += len(data)
         self.ctx.count("accepted")
+        self.log.info(
+            "accepted %s from <%s> for %d recipient(s), %d bytes",
+            queue_id,
+            self.sender or "",
+            len(self.recipients),
+            len(data),
+            extra={"queue_id": queue_id, "size": len(data)},
+        )
         self.ctx.enqueue(queue_id, self.ctx.cfg.name)
         return f"250 2.0.0 Queued as {queue_id}"
 

@@ -30,8 +30,8 @@ class AuthFailed(Exception):
 
 
 async def _challenge(session: SmtpSession, challenge: bytes) -> bytes:
-    # aiosmtpd's challenge_auth sends "334 <base64>", reads the answer, and itself answers
-    # "*" (cancel) and bad base64 with 501; MISSING tells us it did.
+    # The session's challenge_auth sends "334 <base64>", reads the answer, and itself
+    # answers "*" (cancel), bad base64 and an over-long line; MISSING tells us it did.
     answer = await session.challenge_auth(challenge, encode_to_b64=True)
     if answer is MISSING:
         raise AuthFailed(None)

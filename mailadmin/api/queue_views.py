@@ -16,12 +16,16 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from mailadmin import queues
+from mailadmin.api.parsers import PARSERS
+from mailadmin.api.schema import ApiSchema
 from mailadmin.models import Message
 from mailadmin.services import queue as queue_services
 from mailadmin.services import reports as report_services
 from mailadmin.tasks import enqueue_relay
 
 ACTIONS = ("retry", "suspend", "resume", "delete", "delete_ndr")
+# A hundred years: any age filter past it is a typo (and timedelta would overflow).
+MAX_AGE_MINUTES = 100 * 366 * 24 * 60
 
 
 class RecipientSerializer(serializers.Serializer):
@@ -108,16 +112,30 @@ class NewestFirst(CursorPagination):
     max_page_size = 500
 
 
-_FILTERS = [
-    OpenApiParameter("server", str),
-    OpenApiParameter("queue", str, description="next hop"),
-    OpenApiParameter("state", str, description="comma-separated states"),
-    OpenApiParameter("sender", str),
-    OpenApiParameter("recipient", str),
-    OpenApiParameter("subject", str),
-    OpenApiParameter("older_than_minutes", float),
-    OpenApiParameter("newer_than_minutes", float),
-]
+class MessageFilterSerializer(serializers.Serializer):
+    """The list's query parameters, checked before they reach the selector (a bad number
+    is a 400 with the field's error, not a 500)."""
+
+    server = serializers.CharField(required=False, allow_blank=True)
+    queue = serializers.CharField(required=False, allow_blank=True, help_text="next hop")
+    state = serializers.CharField(
+        required=False, allow_blank=True, help_text="comma-separated states"
+    )
+    sender = serializers.CharField(required=False, allow_blank=True)
+    recipient = serializers.CharField(required=False, allow_blank=True)
+    subject = serializers.CharField(required=False, allow_blank=True)
+    older_than_minutes = serializers.FloatField(
+        required=False, min_value=0, max_value=MAX_AGE_MINUTES
+    )
+    newer_than_minutes = serializers.FloatField(
+        required=False, min_value=0, max_value=MAX_AGE_MINUTES
+    )
+
+    def params(self) -> dict[str, str]:
+        """The validated filters as ``mailadmin.queues.messages_filtered`` takes them."""
+        return {key: str(value) for key, value in self.validated_data.items() if value != ""}
+
+
 _Done = inline_serializer("QueueActionResult", {"changed": serializers.IntegerField()})
 
 
@@ -142,6 +160,9 @@ def _act(name: str, queue_ids: list[str], author: str) -> int:
 class MessageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """Queued and finished messages, newest first; actions one by one or in bulk."""
 
+    schema = ApiSchema()
+    parser_classes = PARSERS
+
     lookup_field = "queue_id"
     pagination_class = NewestFirst
     filter_backends: list[Any] = []
@@ -152,11 +173,11 @@ class MessageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     def get_queryset(self) -> QuerySet[Message]:
         if self.action == "retrieve":
             return Message.objects.prefetch_related("recipients", "attempt_log")
-        return queues.messages_filtered(self.request.query_params.dict()).prefetch_related(
-            "recipients"
-        )
+        filters = MessageFilterSerializer(data=self.request.query_params.dict())
+        filters.is_valid(raise_exception=True)
+        return queues.messages_filtered(filters.params()).prefetch_related("recipients")
 
-    @extend_schema(parameters=_FILTERS)
+    @extend_schema(parameters=[MessageFilterSerializer])
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().list(request, *args, **kwargs)
 
@@ -182,9 +203,12 @@ class MessageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         """Release a suspended message."""
         return self._one(request, queue_id, "resume")
 
+    # Not named delete(): DRF would take a method of that name as the HTTP DELETE handler
+    # of every route of this viewset (DELETE /messages/<id>/ deleted the message, and
+    # DELETE /messages/bulk/ was a 500).
     @extend_schema(request=None, responses=_Done)
-    @action(detail=True, methods=["post"])
-    def delete(self, request: Request, queue_id: str) -> Response:
+    @action(detail=True, methods=["post"], url_path="delete", url_name="delete")
+    def delete_silently(self, request: Request, queue_id: str) -> Response:
         """Delete silently (no NDR)."""
         return self._one(request, queue_id, "delete")
 
@@ -213,6 +237,8 @@ class MessageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
 @extend_schema(tags=["queue"])
 class QueueViewSet(viewsets.ViewSet):
     """Queues by next hop (domain or smart host), with state and actions."""
+
+    schema = ApiSchema()
 
     lookup_value_regex = "[^/]+"
 
@@ -272,6 +298,8 @@ class TrafficSerializer(serializers.Serializer):
 @extend_schema(tags=["queue"])
 class TrafficViewSet(viewsets.ViewSet):
     """Accepted, delivered, deferred, bounced and rejected (by reason) over time."""
+
+    schema = ApiSchema()
 
     @extend_schema(
         parameters=[

@@ -38,6 +38,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from mailadmin.api.queue_views import NewestFirst
+from mailadmin.api.schema import ApiSchema
 from mailadmin.models import Attempt, Message, MessageState, Recipient, RecipientState
 
 EVENTS = (
@@ -237,6 +238,7 @@ def _rows(messages: Iterable[Message]) -> list[dict[str, Any]]:
 class TrackingViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
     """Message tracking: every event of a message, from arrival to its last attempt."""
 
+    schema = ApiSchema()
     pagination_class = NewestFirst
     filter_backends: list[Any] = []
     serializer_class = TrackedMessageSerializer

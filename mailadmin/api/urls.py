@@ -8,7 +8,14 @@ from rest_framework.routers import DefaultRouter
 
 from mailadmin.api import queue_views, tracking, views
 
-router = DefaultRouter()
+
+class Router(DefaultRouter):
+    # No ".json" suffix routes: the API takes ?format= (and Accept). DRF passes a suffix to
+    # the view as a format= keyword, which the actions and plain ViewSets do not take (500).
+    include_format_suffixes = False
+
+
+router = Router()
 router.register("servers", views.ServerViewSet, basename="server")
 router.register("domains", views.DomainViewSet, basename="domain")
 router.register("users", views.UserViewSet, basename="user")

@@ -23,7 +23,10 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from mailadmin import configdoc
+from mailadmin.api.pagination import LimitOffset
+from mailadmin.api.parsers import PARSERS
 from mailadmin.api.permissions import IsReader
+from mailadmin.api.schema import ApiSchema
 from mailadmin.api.serializers import (
     DomainSerializer,
     RelayCheckResultSerializer,
@@ -60,7 +63,9 @@ class CrudViewSet(
     mixins.DestroyModelMixin,
     viewsets.GenericViewSet,
 ):
-    pass
+    schema = ApiSchema()
+    parser_classes = PARSERS
+    pagination_class = LimitOffset
 
 
 @extend_schema(tags=["servers"])
@@ -232,6 +237,8 @@ _ImportErrors = inline_serializer(
             "ConfigImportError",
             {"path": serializers.CharField(), "message": serializers.CharField()},
             many=True,
+            required=False,
+            help_text="Absent when the body could not be parsed at all (then see detail).",
         ),
     },
 )
@@ -240,6 +247,8 @@ _ImportErrors = inline_serializer(
 @extend_schema(tags=["config"])
 class ConfigDocumentView(APIView):
     """The whole configuration as one document (JSON, or YAML with application/yaml)."""
+
+    schema = ApiSchema()
 
     parser_classes = [JSONParser, YAMLParser]
     renderer_classes = [JSONRenderer, YAMLRenderer]
@@ -275,6 +284,8 @@ class ConfigDocumentView(APIView):
 class ConfigVersionView(APIView):
     """The configuration version now in force, with who made it and when."""
 
+    schema = ApiSchema()
+
     @extend_schema(
         responses=inline_serializer(
             "ConfigVersion",
@@ -302,6 +313,9 @@ class ConfigVersionView(APIView):
 class TokenView(APIView):
     """Exchange a console user's name and password for an API token."""
 
+    schema = ApiSchema()
+    parser_classes = PARSERS
+
     permission_classes = [AllowAny]
     authentication_classes: list[type] = []
 
@@ -315,6 +329,8 @@ class TokenView(APIView):
 @extend_schema(tags=["runtime"])
 class SessionViewSet(viewsets.ViewSet):
     """SMTP clients connected now, on every live worker node (IIS's Current Sessions)."""
+
+    schema = ApiSchema()
 
     serializer_class = SessionSerializer
 
@@ -344,6 +360,8 @@ class SessionViewSet(viewsets.ViewSet):
 @extend_schema(tags=["runtime"])
 class WorkerViewSet(viewsets.ViewSet):
     """SMTP worker nodes: applied configuration version, heartbeat, staleness."""
+
+    schema = ApiSchema()
 
     serializer_class = WorkerSerializer
 

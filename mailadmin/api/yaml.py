@@ -20,6 +20,16 @@ class YAMLParser(BaseParser):
             raise ParseError(f"YAML parse error: {exc}") from exc
 
 
+class _Dumper(yaml.SafeDumper):
+    """SafeDumper that also writes subclasses of str, dict and list as their base type:
+    DRF's error bodies hold ErrorDetail strings, and serializer data ReturnDict/ReturnList."""
+
+
+_Dumper.add_multi_representer(str, lambda d, v: d.represent_str(str(v)))
+_Dumper.add_multi_representer(dict, lambda d, v: d.represent_dict(dict(v)))
+_Dumper.add_multi_representer(list, lambda d, v: d.represent_list(list(v)))
+
+
 class YAMLRenderer(BaseRenderer):
     media_type = "application/yaml"
     format = "yaml"
@@ -28,4 +38,4 @@ class YAMLRenderer(BaseRenderer):
     def render(
         self, data: Any, accepted_media_type: str | None = None, renderer_context: Any = None
     ) -> bytes:
-        return yaml.safe_dump(data, sort_keys=False, allow_unicode=True).encode("utf-8")
+        return yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True).encode("utf-8")

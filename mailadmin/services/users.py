@@ -68,6 +68,14 @@ def user_apply(user: SmtpUser, data: dict[str, Any]) -> None:
 
 
 def user_set_verifiers(user: SmtpUser, password: str) -> None:
+    """Replace the verifiers; ConfigError at ``password`` for one SMTP AUTH cannot carry."""
+    try:
+        credentials.saslprep(password)  # what SCRAM will do to it: refuse here, not with a 500
+    except ValueError as exc:
+        raise ConfigError.at(
+            ("password",),
+            f"SMTP clients could not log in with this password: {exc} (RFC 4013).",
+        ) from exc
     iterations = settings.MAILADMIN_PASSWORD_ITERATIONS
     user.password_hash = credentials.hash_password(password, iterations=iterations)
     user.scram_sha256 = credentials.make_scram_verifier(
