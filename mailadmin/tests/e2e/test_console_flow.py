@@ -3,15 +3,19 @@ the relay tester and the audit log."""
 
 from __future__ import annotations
 
+import smtplib
+from pathlib import Path
 from typing import Any
 
 from django.contrib.auth.models import User
 from playwright.sync_api import Locator, Page, expect
 
 from mailadmin import configdoc
-from mailadmin.models import VirtualServer
+from mailadmin.models import ConfigSnapshot, VirtualServer
 from mailadmin.services.servers import server_set_state
+from mailadmin.services.users import user_create
 from mailadmin.tests.e2e.conftest import ADMIN_PASSWORD
+from mailadmin.tests.stack import Stack
 
 
 def log_in(page: Page, base: str) -> None:
@@ -114,7 +118,7 @@ def select_server(page: Page, name: str) -> Locator:
 
 
 def test_it_builds_the_typical_site_in_the_browser(
-    page: Page, live_server: Any, e2e_admin: User
+    page: Page, live_server: Any, e2e_admin: User, settings: Any, tmp_path: Path
 ) -> None:
     base = live_server.url
     log_in(page, base)
@@ -175,6 +179,28 @@ def test_it_builds_the_typical_site_in_the_browser(
     newest = page.get_by_role("listitem").filter(has_text="console:admin").first
     expect(newest).to_contain_text("servers[InternalRelay].relay.list: added 10.0.0.5")
     expect(page.get_by_text("api:ops")).to_be_visible()
+
+    # What the browser configured, a real SMTP worker enforces.
+    user_create(
+        data={"username": "alice", "password": "alice-pw", "servers": [corp]}, author="api:admin"
+    )
+    stack = Stack(redis_url=settings.REDIS_URL, mailroot=tmp_path / "mailroot", log_dir=tmp_path)
+    try:
+        stack.smtp()
+        stack.wait_smtp_applied(ConfigSnapshot.objects.latest().pk)
+        with smtplib.SMTP("127.0.0.2", 2525, timeout=10) as client:  # relays only after AUTH
+            client.ehlo("client.test")
+            assert client.mail("a@corp.test") == (530, b"5.7.0 Authentication required")
+            client.login("alice", "alice-pw")
+            assert client.mail("alice@corp.test")[0] == 250
+            assert client.rcpt("someone@internet.test")[0] == 250
+        with smtplib.SMTP("127.0.0.3", 2525, timeout=10) as client:  # its own domains only
+            client.ehlo("client.test")
+            client.mail("sender@internet.test")
+            assert client.rcpt("bob@example.com")[0] == 250
+            assert client.rcpt("bob@example.net")[0] == 550
+    finally:
+        stack.stop()
 
 
 def test_it_is_usable_by_keyboard(
