@@ -3,7 +3,9 @@
 // kept across refreshes (data-live-keep) and only given the new data. Colours are the
 // console's CSS variables, read again when the colour scheme changes. The charts are
 // pictures of the totals and tables beside them, which is what screen readers get.
-import uPlot from "./vendor/uplot/uPlot.esm.js";
+// uPlot comes from vendor/uplot/uPlot.iife.min.js, loaded by a classic script before this
+// module (the upstream minified build, so nothing of uPlot's source is kept here).
+const uPlot = window.uPlot;
 
 const SERIES = [
   ["accepted", "Accepted", "--c-accepted"],
