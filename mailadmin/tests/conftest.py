@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from django.contrib.auth.models import Group, User
 from rest_framework.test import APIClient
+
+from smtpworker.tests.sink import Sink
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -57,3 +61,32 @@ def make_server(api: APIClient, **fields: Any) -> dict[str, Any]:
     response = api.post("/api/v1/servers/", body, format="json")
     assert response.status_code == 201, response.content
     return response.json()
+
+
+@pytest.fixture
+def mailroot(settings: Any, tmp_path: Path) -> Path:
+    """A private mail root, and a delivery schedule whose "minute" is 10 ms."""
+    settings.MAILADMIN_MAILROOT = tmp_path / "mailroot"
+    settings.MAILADMIN_DELIVERY_MINUTE = 0.01
+    settings.MAILADMIN_OUTBOUND_TIMEOUT_CAP = 3
+    return Path(settings.MAILADMIN_MAILROOT)
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    """A recording SMTP server on loopback standing in for a smart host or MX."""
+    with Sink() as server:
+        yield server
+
+
+@pytest.fixture
+def test_redis(settings: Any) -> Iterator[str]:
+    """Redis database 9 of the test Redis, empty, as settings.REDIS_URL (the worker
+    processes an end-to-end test starts use it too, apart from a developer's own)."""
+    url = settings.REDIS_URL.rsplit("/", 1)[0] + "/9"
+    settings.REDIS_URL = url
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    yield url
+    client.flushdb()
+    client.close()

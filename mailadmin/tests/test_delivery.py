@@ -9,7 +9,6 @@ from __future__ import annotations
 import email
 import email.policy
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,23 +31,9 @@ from smtpworker.spool import Envelope, new_queue_id
 from smtpworker.tests.dnsserver import DnsServer
 from smtpworker.tests.sink import Sink
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("mailroot")]
 
 BODY = b"From: a@corp.test\r\nTo: b@example.test\r\nSubject: Quarterly numbers\r\nMessage-ID: <m1@corp.test>\r\n\r\nHello.\r\n.dot line\r\n"
-
-
-@pytest.fixture(autouse=True)
-def mailroot(settings: Any, tmp_path: Path) -> Path:
-    settings.MAILADMIN_MAILROOT = tmp_path / "mailroot"
-    settings.MAILADMIN_DELIVERY_MINUTE = 0.01  # a "minute" of the schedule is 10 ms
-    settings.MAILADMIN_OUTBOUND_TIMEOUT_CAP = 3
-    return Path(settings.MAILADMIN_MAILROOT)
-
-
-@pytest.fixture
-def sink() -> Iterator[Sink]:
-    with Sink() as server:
-        yield server
 
 
 def make_server(api: APIClient, **fields: Any) -> dict[str, Any]:

@@ -30,28 +30,11 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def test_redis(settings: Any) -> Iterator[str]:
-    url = settings.REDIS_URL.rsplit("/", 1)[0] + "/9"
-    settings.REDIS_URL = url
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    yield url
-    client.flushdb()
-    client.close()
-
-
-@pytest.fixture
 def stack(test_redis: str, tmp_path: Path, settings: Any) -> Iterator[Stack]:
     settings.MAILADMIN_MAILROOT = tmp_path / "mailroot"
     running = Stack(redis_url=test_redis, mailroot=tmp_path / "mailroot", log_dir=tmp_path)
     yield running
     running.stop()
-
-
-@pytest.fixture
-def sink() -> Iterator[Sink]:
-    with Sink() as server:
-        yield server
 
 
 def configure(

@@ -7,44 +7,21 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.core.management import call_command
-from django.urls import include, path
 from django.utils import timezone
-from rest_framework.routers import SimpleRouter
 from rest_framework.test import APIClient
 
-from mailadmin.api.tracking import TrackingViewSet
 from mailadmin.models import Message, MessageState
 from mailadmin.services.queue import messages_delete
 from mailadmin.tests.test_delivery import make_server, run, spool
-from mailadmin.urls import urlpatterns as site_urls
 from smtpworker.tests.sink import Sink
 
-# Until the lead registers it in mailadmin.api.urls, this module is the URLconf here.
-_router = SimpleRouter()
-_router.register("tracking", TrackingViewSet, basename="tracking")
-urlpatterns = [path("api/v1/", include(_router.urls)), *site_urls]
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.urls(__name__)]
-
-
-@pytest.fixture(autouse=True)
-def mailroot(settings: Any, tmp_path: Path) -> Path:
-    settings.MAILADMIN_MAILROOT = tmp_path / "mailroot"
-    settings.MAILADMIN_DELIVERY_MINUTE = 0.01  # a "minute" of the schedule is 10 ms
-    settings.MAILADMIN_OUTBOUND_TIMEOUT_CAP = 3
-    return Path(settings.MAILADMIN_MAILROOT)
-
-
-@pytest.fixture
-def sink() -> Iterator[Sink]:
-    with Sink() as server:
-        yield server
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("mailroot")]
 
 
 def track(client: APIClient, **params: str) -> list[dict[str, Any]]:
@@ -175,8 +152,6 @@ def test_the_schema_describes_tracking(tmp_path: Path) -> None:
         "spectacular",
         "--validate",
         "--fail-on-warn",
-        "--urlconf",
-        __name__,
         "--format",
         "openapi-json",
         "--file",

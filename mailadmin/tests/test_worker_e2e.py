@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,35 +25,12 @@ from rest_framework.test import APIClient
 
 from mailadmin.celery import app as celery_app
 from mailadmin.models import ConfigSnapshot
+from mailadmin.tests.stack import until
 from smtpworker.tests.factories import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def until(check: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05) -> Any:
-    """Poll ``check`` until it returns something truthy; fail at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {timeout}s")
-        time.sleep(interval)
-
-
-@pytest.fixture
-def test_redis(settings: Any) -> Iterator[str]:
-    base = settings.REDIS_URL.rsplit("/", 1)[0]
-    url = f"{base}/9"
-    settings.REDIS_URL = url
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    yield url
-    client.flushdb()
-    client.close()
 
 
 class Worker:
