@@ -23,6 +23,7 @@ from django.utils import timezone
 
 from mailadmin.models import (
     OPEN_STATES,
+    ConfigSnapshot,
     Message,
     MessageState,
     QueueControl,
@@ -44,12 +45,11 @@ def delivery_minutes(count: float) -> timedelta:
     return timedelta(seconds=count * settings.MAILADMIN_DELIVERY_MINUTE)
 
 
-def server_home(server_name: str, server: VirtualServer | None = None) -> Path:
+def server_home(server_name: str) -> Path:
     """A server's home directory: as configured, else <mailroot>/<name> (as the worker)."""
-    if server is None:
-        server = VirtualServer.objects.filter(name=server_name).first()
-    if server is not None and server.home_directory:
-        return Path(server.home_directory)
+    cfg = current_config(server_name)
+    if cfg is not None and cfg.home_directory:
+        return Path(cfg.home_directory)
     return Path(settings.MAILADMIN_MAILROOT) / server_name
 
 
@@ -57,13 +57,27 @@ def spool_for(server_name: str) -> Spool:
     return Spool(server_home(server_name) / "Queue")
 
 
+# Built configs by (server, version, digest): a delivery run needs its server's config
+# several times (routing, home directory, reports) and the version changes on every
+# configuration commit; the digest guards against a version number reused by a reset
+# database (tests).
+_CONFIGS: dict[tuple[str, int, str], ServerConfig | None] = {}
+
+
 def current_config(server_name: str) -> ServerConfig | None:
-    server = (
-        VirtualServer.objects.filter(name=server_name)
-        .prefetch_related("bindings", "access_entries", "domains")
-        .first()
-    )
-    return server_config(server) if server else None
+    """The server's configuration as the workers run it now (None: no such server)."""
+    latest = ConfigSnapshot.objects.order_by("-id").values_list("id", "digest").first()
+    key = (server_name, *(latest or (0, "")))
+    if key not in _CONFIGS:
+        if len(_CONFIGS) > 1000:
+            _CONFIGS.clear()
+        server = (
+            VirtualServer.objects.filter(name=server_name)
+            .prefetch_related("bindings", "access_entries", "domains")
+            .first()
+        )
+        _CONFIGS[key] = server_config(server) if server else None
+    return _CONFIGS[key]
 
 
 def _subject(data: bytes) -> str:
