@@ -56,7 +56,15 @@ from mailadmin.services.queue import message_ingest, spool_for
 from mailadmin.wsgi import application
 from smtpworker.spool import Envelope, new_queue_id
 
-pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fast_hashing")]
+# Generated multipart bodies big enough for Django to spool to temporary files: one that a
+# parser then refuses is closed by its finaliser, not explicitly (Django and DRF
+# internals), which Python reports as a ResourceWarning. Collected after every case of
+# this module (_collect_garbage) so it cannot surface in a later, unrelated test.
+pytestmark = [
+    pytest.mark.django_db,
+    pytest.mark.usefixtures("fast_hashing", "_collect_garbage"),
+    pytest.mark.filterwarnings("ignore:unclosed file <_io.BufferedRandom:ResourceWarning"),
+]
 
 SCHEMA_URL = "/api/v1/schema/"
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -233,12 +241,7 @@ def _collect_garbage() -> Iterator[None]:
     gc.collect()  # inside the test's warning filters, not in some later test
 
 
-# The boundary cases include multipart bodies big enough for Django to spool to temporary
-# files; one that a parser then refuses is closed by its finaliser, not explicitly (Django
-# and DRF internals), which Python reports as a ResourceWarning.
 @pytest.mark.long
-@pytest.mark.filterwarnings("ignore:unclosed file <_io.BufferedRandom:ResourceWarning")
-@pytest.mark.usefixtures("_collect_garbage")
 @full_schema.parametrize()
 @FUZZ
 def test_as_an_administrator_with_boundary_values(
