@@ -45,28 +45,36 @@ function initDialogs(form) {
     const dialog = document.getElementById(button.dataset.dialog);
     if (!dialog || typeof dialog.showModal !== "function") return;
     let saved = null;
-    let cancelled = false;
     if (dialog.querySelector(".field-error")) {
       button.classList.add("has-error");
       button.setAttribute("aria-description", "has fields to correct");
     }
+    // Put the fields back before the dialog hides: "close" fires in a later task, and
+    // nothing may observe a closed dialog that still shows the cancelled values.
+    const putBack = () => {
+      if (!saved) return;
+      restore(dialog, saved);
+      saved = null;
+      form.dispatchEvent(new Event("input"));
+    };
     button.addEventListener("click", () => {
       saved = values(dialog);
-      cancelled = false;
       dialog.showModal();
       dialog.querySelector("input:not([type=hidden]), select, textarea")?.focus();
     });
-    dialog.querySelector("[data-dialog-ok]")?.addEventListener("click", () => dialog.close());
-    dialog.querySelector("[data-dialog-cancel]")?.addEventListener("click", () => {
-      cancelled = true;
+    dialog.querySelector("[data-dialog-ok]")?.addEventListener("click", () => {
+      saved = null;
       dialog.close();
     });
-    dialog.addEventListener("cancel", () => { cancelled = true; });  // Escape
+    dialog.querySelector("[data-dialog-cancel]")?.addEventListener("click", () => {
+      putBack();
+      dialog.close();
+    });
+    dialog.addEventListener("cancel", putBack);  // Escape
+    // Chromium may close on Escape without a "cancel" event (close-watcher abuse rules):
+    // any close that did not come through OK is a cancel.
     dialog.addEventListener("close", () => {
-      if (cancelled && saved) {
-        restore(dialog, saved);
-        form.dispatchEvent(new Event("input"));
-      }
+      putBack();
       button.focus();
     });
   });

@@ -231,4 +231,4 @@ def test_it_is_usable_by_keyboard(
     relay.get_by_label("Computers that may relay", exact=False).fill("10.9.9.9")
     page.keyboard.press("Escape")
     expect(relay).to_be_hidden()
-    assert page.get_by_label("Computers that may relay", exact=False).input_value() == ""
+    expect(page.get_by_label("Computers that may relay", exact=False)).to_have_value("")
