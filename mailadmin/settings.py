@@ -204,6 +204,10 @@ MAILADMIN_DELIVERY_LEASE_SECONDS = envint("MAILADMIN_DELIVERY_LEASE_SECONDS", "3
 MAILADMIN_OUTBOUND_TIMEOUT_CAP = envint("MAILADMIN_OUTBOUND_TIMEOUT_CAP", "60")
 # Our name in EHLO and reports for servers without an FQDN.
 MAILADMIN_HOSTNAME = envstr("MAILADMIN_HOSTNAME", socket.getfqdn())
+# The node this process belongs to (as ``python -m smtpworker --node``): a Celery worker
+# consumes the delivery queue of its node, whose spool is on its disk, and reports it
+# spools (NDRs, delay notices) are that node's.
+MAILADMIN_NODE = envstr("MAILADMIN_NODE", socket.gethostname().split(".")[0])
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

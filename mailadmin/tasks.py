@@ -17,6 +17,7 @@ from mailadmin.services import sweep as sweep_services
 from mailadmin.services.config import config_republish as _config_republish
 from mailadmin.services.delivery import message_deliver
 from mailadmin.services.queue import message_ingest
+from smtpworker.handoff import delivery_queue
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +41,9 @@ _RELAY_LIMIT = max(10, settings.MAILADMIN_DELIVERY_LEASE_SECONDS - 15)
     time_limit=_RELAY_LIMIT,
     soft_time_limit=_RELAY_LIMIT - 5,
 )
-def relay_message(server_name: str, queue_id: str) -> str:
-    """Record a spooled message if new, then run delivery for it if it is due."""
-    if message_ingest(server_name=server_name, queue_id=queue_id) is None:
+def relay_message(server_name: str, queue_id: str, node: str = "") -> str:
+    """Record a spooled message if new (spooled by ``node``), then deliver it if it is due."""
+    if message_ingest(server_name=server_name, queue_id=queue_id, node=node) is None:
         log.warning("%s: no spooled message %s", server_name, queue_id)
         return "missing"
     return message_deliver(queue_id)
@@ -50,12 +51,31 @@ def relay_message(server_name: str, queue_id: str) -> str:
 
 @shared_task(name="mailadmin.sweep", ignore_result=True)
 def sweep(spools: bool = False) -> dict[str, int]:
-    """Re-issue what is due or abandoned; with ``spools``, also unrecorded spool files."""
-    return sweep_services.sweep(enqueue=enqueue_relay, spools=spools)
+    """Re-issue what is due or abandoned; with ``spools``, also ask every node to look
+    for unrecorded spool files (each on its own delivery queue, where its disk is)."""
+    result = sweep_services.sweep(enqueue=enqueue_relay)
+    if spools:
+        from mailadmin.selectors import worker_statuses
+
+        nodes = sweep_services.spool_nodes(worker_statuses(), settings.MAILADMIN_NODE)
+        for node in nodes:
+            sweep_spool.apply_async((node,), queue=delivery_queue(node), expires=60)
+        result["spool_nodes"] = len(nodes)
+    return result
 
 
-def enqueue_relay(server_name: str, queue_id: str) -> None:
-    """Send a relay task unless one was sent for this message in the last minute."""
+@shared_task(name="mailadmin.sweep_spool", ignore_result=True)
+def sweep_spool(node: str) -> int:
+    """Record and enqueue the unrecorded spool files of ``node``, which is this worker's."""
+    if node != settings.MAILADMIN_NODE:  # a misrouted task: this disk is not node's
+        log.warning("spool sweep for node %s reached node %s", node, settings.MAILADMIN_NODE)
+        return 0
+    return sweep_services.spool_orphans(node=node, enqueue=enqueue_relay)
+
+
+def enqueue_relay(server_name: str, queue_id: str, node: str = "") -> None:
+    """Send a relay task to ``node``'s delivery queue unless one was sent for this message
+    in the last minute."""
     try:
         client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2)
         fresh = client.set(f"mailadmin:enqueued:{queue_id}", 1, nx=True, ex=60)
@@ -65,7 +85,7 @@ def enqueue_relay(server_name: str, queue_id: str) -> None:
     if not fresh:
         return
     try:
-        relay_message.apply_async((server_name, queue_id))
+        relay_message.apply_async((server_name, queue_id, node), queue=delivery_queue(node))
     except Exception as exc:  # noqa: BLE001 - the sweep re-issues it
         log.warning("cannot enqueue %s: %s", queue_id, exc)
 

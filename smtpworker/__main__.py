@@ -211,7 +211,7 @@ async def serve(args: argparse.Namespace, member: Member | None = None) -> None:
         reverse_names=ReverseResolver().names,
         reuse_port=member is not None,
         # Each accepted message goes to delivery at once; the sweep is the backstop.
-        enqueue=Handoff(args.broker or args.redis, executor),
+        enqueue=Handoff(args.broker or args.redis, executor, node=args.node),
     )
     node = Node(options) if member is None else MemberNode(options, member)
     follower = Follower(node, args.redis, cache_file(args, member), poll_interval=args.poll)

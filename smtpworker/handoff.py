@@ -1,7 +1,9 @@
 """Hand a spooled message to delivery: a Celery task sent by name, off the event loop.
 
 The SMTP worker does not import the Django project; it only names the task
-(``mailadmin.relay_message``) and passes ids. A hand-off that fails (broker down) is
+(``mailadmin.relay_message``) and passes ids. The task goes to the node's own delivery
+queue (:func:`delivery_queue`), which only Celery workers of the same node consume: the
+spool is on this node's disk, so only they can read it. A hand-off that fails (broker down) is
 logged and dropped: the message is already durable in the spool and the delivery side's
 periodic sweep finds unrecorded spool files.
 """
@@ -16,11 +18,19 @@ from celery import Celery
 log = logging.getLogger(__name__)
 
 RELAY_TASK = "mailadmin.relay_message"
+DEFAULT_QUEUE = "celery"
+
+
+def delivery_queue(node: str) -> str:
+    """The Celery queue that delivers what ``node`` spooled (the default one for no node)."""
+    return f"delivery.{node}" if node else DEFAULT_QUEUE
 
 
 class Handoff:
-    def __init__(self, broker_url: str, executor: Executor) -> None:
+    def __init__(self, broker_url: str, executor: Executor, node: str = "") -> None:
         self.executor = executor
+        self.node = node
+        self.queue = delivery_queue(node)
         self.app = Celery("smtpworker-handoff", broker=broker_url, set_as_current=False)
         self.app.conf.update(
             task_serializer="json",
@@ -36,7 +46,8 @@ class Handoff:
         try:
             self.app.send_task(
                 RELAY_TASK,
-                args=[server, queue_id],
+                args=[server, queue_id, self.node],
+                queue=self.queue,
                 retry=True,
                 retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5},
             )

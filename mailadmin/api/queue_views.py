@@ -143,9 +143,9 @@ def _act(name: str, queue_ids: list[str], author: str) -> int:
     if name == "retry":
         changed = queue_services.messages_retry(queue_ids=queue_ids)
         for message in Message.objects.filter(queue_id__in=queue_ids).only(
-            "server_name", "queue_id"
+            "server_name", "queue_id", "node"
         ):
-            enqueue_relay(message.server_name, message.queue_id)
+            enqueue_relay(message.server_name, message.queue_id, message.node)
         return changed
     if name == "suspend":
         return queue_services.messages_suspend(queue_ids=queue_ids)
@@ -260,7 +260,7 @@ class QueueViewSet(viewsets.ViewSet):
         hop = self._hop(pk)
         changed = queue_services.queue_retry(next_hop=hop)
         for message in Message.objects.filter(recipients__next_hop=hop, state="queued").distinct():
-            enqueue_relay(message.server_name, message.queue_id)
+            enqueue_relay(message.server_name, message.queue_id, message.node)
         return Response({"changed": changed})
 
     @extend_schema(

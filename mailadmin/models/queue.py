@@ -41,6 +41,9 @@ class Message(models.Model):
     size = models.PositiveIntegerField(default=0)
     client_ip = models.CharField(max_length=45, blank=True)
     auth_user = models.CharField(max_length=254, blank=True)
+    # The SMTP worker node whose spool holds the message: its delivery runs on that node's
+    # Celery queue (``delivery.<node>``), where the spool file is on local disk.
+    node = models.CharField(max_length=64, blank=True, default="")
     received_at = models.DateTimeField(db_index=True)
     state = models.CharField(
         max_length=16, choices=MessageState.choices, default=MessageState.QUEUED

@@ -88,8 +88,11 @@ def _subject(data: bytes) -> str:
         return ""
 
 
-def message_ingest(*, server_name: str, queue_id: str, is_report: bool = False) -> Message | None:
-    """Record a spooled message once; returns it, or None if the spool has no such id."""
+def message_ingest(
+    *, server_name: str, queue_id: str, node: str = "", is_report: bool = False
+) -> Message | None:
+    """Record a spooled message once, as held in ``node``'s spool; returns it, or None if
+    the spool has no such id."""
     existing = Message.objects.filter(queue_id=queue_id).first()
     if existing is not None:
         return existing
@@ -100,7 +103,7 @@ def message_ingest(*, server_name: str, queue_id: str, is_report: bool = False) 
     cfg = current_config(server_name)
     try:
         with transaction.atomic():
-            message = _create(envelope, data, cfg, is_report)
+            message = _create(envelope, data, cfg, node, is_report)
     except IntegrityError:  # another task recorded it first
         return Message.objects.filter(queue_id=queue_id).first()
     if not is_report:
@@ -108,7 +111,9 @@ def message_ingest(*, server_name: str, queue_id: str, is_report: bool = False) 
     return message
 
 
-def _create(envelope: Envelope, data: bytes, cfg: ServerConfig | None, is_report: bool) -> Message:
+def _create(
+    envelope: Envelope, data: bytes, cfg: ServerConfig | None, node: str, is_report: bool
+) -> Message:
     message = Message.objects.create(
         queue_id=envelope.queue_id,
         server=VirtualServer.objects.filter(name=envelope.server).first(),
@@ -118,6 +123,7 @@ def _create(envelope: Envelope, data: bytes, cfg: ServerConfig | None, is_report
         size=envelope.size,
         client_ip=envelope.client_ip,
         auth_user=envelope.auth_user or "",
+        node=node,
         received_at=datetime.fromtimestamp(envelope.received_at, tz=UTC),
         state=MessageState.QUEUED,
         is_report=is_report,

@@ -190,10 +190,12 @@ def inject(server_name: str, recipients: list[str], data: bytes) -> str | None:
     except SpoolError as exc:
         log.error("%s: cannot spool a delivery report: %s", server_name, exc)
         return None
-    message_ingest(server_name=server_name, queue_id=queue_id, is_report=True)
+    # Spooled here, so delivered by this node's workers.
+    node = settings.MAILADMIN_NODE
+    message_ingest(server_name=server_name, queue_id=queue_id, node=node, is_report=True)
     from mailadmin.tasks import enqueue_relay
 
-    transaction.on_commit(lambda: enqueue_relay(server_name, queue_id))
+    transaction.on_commit(lambda: enqueue_relay(server_name, queue_id, node))
     return queue_id
 
 

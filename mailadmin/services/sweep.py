@@ -2,28 +2,32 @@
 
 It finds (1) spooled messages the database does not know (the SMTP worker's hand-off
 was lost), (2) messages due for a retry, and (3) messages whose delivery run died (their
-lease ran out), and enqueues a relay task for each.
+lease ran out), and enqueues a relay task for each, on the delivery queue of the node
+that spooled it. (1) reads a spool directory, which only the node that wrote it can do:
+:func:`spool_nodes` names the nodes to ask, and each runs :func:`spool_orphans` itself.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
+from typing import Any
 
 from django.db.models import Q
 from django.utils import timezone
 
 from mailadmin.models import Message, MessageState, VirtualServer
+from mailadmin.models.queue import OPEN_STATES
 from mailadmin.services.queue import message_ingest, spool_for
 
 BATCH = 2000
 HANDOFF_GRACE = timedelta(seconds=30)
 
+Enqueue = Callable[[str, str, str], None]  # (server name, queue id, node)
 
-def sweep(*, enqueue: Callable[[str, str], None], spools: bool = True) -> dict[str, int]:
-    """Enqueue what is due; with ``spools`` also look for unrecorded spool files (slower:
-    a directory listing per server, so the beat runs that part less often)."""
-    found = _orphans(enqueue) if spools else 0
+
+def sweep(*, enqueue: Enqueue) -> dict[str, int]:
+    """Enqueue every recorded message that is due, or whose delivery run died."""
     now = timezone.now()
     due = (
         Message.objects.filter(
@@ -39,16 +43,37 @@ def sweep(*, enqueue: Callable[[str, str], None], spools: bool = True) -> dict[s
             | Q(state=MessageState.ACTIVE, lease_until__lt=now)
         )
         .order_by("next_attempt_at")
-        .values_list("server_name", "queue_id")[:BATCH]
+        .values_list("server_name", "queue_id", "node")[:BATCH]
     )
     count = 0
-    for server_name, queue_id in due:
-        enqueue(server_name, queue_id)
+    for server_name, queue_id, node in due:
+        enqueue(server_name, queue_id, node)
         count += 1
-    return {"orphans": found, "due": count}
+    return {"due": count}
 
 
-def _orphans(enqueue: Callable[[str, str], None]) -> int:
+def spool_nodes(statuses: Iterable[dict[str, Any]], this_node: str) -> list[str]:
+    """The nodes whose spools need a look: every SMTP worker node that reports (a process
+    of a multi-process node counts as its node), every node with open messages, and this
+    one. Sorted, without repeats."""
+    nodes = {this_node}
+    for status in statuses:
+        process = status.get("process")
+        node = process.get("node") if isinstance(process, dict) else status.get("node")
+        if isinstance(node, str) and node:
+            nodes.add(node)
+    nodes.update(
+        Message.objects.filter(state__in=OPEN_STATES)
+        .exclude(node="")
+        .values_list("node", flat=True)
+        .distinct()
+    )
+    return sorted(nodes)
+
+
+def spool_orphans(*, node: str, enqueue: Enqueue) -> int:
+    """Record and enqueue the spool files on this machine the database does not know,
+    as spooled by ``node``. Run it on the node that owns the spools."""
     found = 0
     for name in VirtualServer.objects.values_list("name", flat=True):
         ids = spool_for(name).ids()
@@ -61,7 +86,7 @@ def _orphans(enqueue: Callable[[str, str], None]) -> int:
         for queue_id in ids:
             if queue_id in known:
                 continue
-            if message_ingest(server_name=name, queue_id=queue_id) is not None:
-                enqueue(name, queue_id)
+            if message_ingest(server_name=name, queue_id=queue_id, node=node) is not None:
+                enqueue(name, queue_id, node)
                 found += 1
     return found

@@ -110,6 +110,8 @@ class Stack:
             "CELERY_BROKER_URL": str(celery_app.conf.broker_url),
             "MAILADMIN_MAILROOT": str(mailroot),
             "MAILADMIN_DATA_DIR": str(log_dir),
+            # One node: the Celery workers consume the delivery queue the SMTP worker uses.
+            "MAILADMIN_NODE": self.node,
             "MAILADMIN_DELIVERY_MINUTE": str(minute),
             "MAILADMIN_SWEEP_SECONDS": "1",
             "MAILADMIN_SPOOL_SWEEP_SECONDS": "2",

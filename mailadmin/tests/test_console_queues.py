@@ -41,7 +41,7 @@ def mailroot(settings: Any, tmp_path: Path) -> Path:
 def enqueued(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Relay tasks the console asked for (the Celery broker is the network edge here)."""
     sent: list[str] = []
-    monkeypatch.setattr(queue_views, "enqueue_relay", lambda server, qid: sent.append(qid))
+    monkeypatch.setattr(queue_views, "enqueue_relay", lambda server, qid, node="": sent.append(qid))
     return sent
 
 

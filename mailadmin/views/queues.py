@@ -163,11 +163,11 @@ def _enqueue_hop(next_hop: str) -> None:
             recipients__state=RecipientState.PENDING,
             state=MessageState.QUEUED,
         )
-        .values_list("server_name", "queue_id")
+        .values_list("server_name", "queue_id", "node")
         .distinct()
     )
-    for server_name, queue_id in due:
-        enqueue_relay(server_name, queue_id)
+    for server_name, queue_id, node in due:
+        enqueue_relay(server_name, queue_id, node)
 
 
 @console_view
@@ -254,8 +254,8 @@ def message_list(request: HttpRequest) -> HttpResponse:
 
 def _enqueue(queue_ids: list[str]) -> None:
     due = Message.objects.filter(queue_id__in=queue_ids, state=MessageState.QUEUED)
-    for server_name, queue_id in due.values_list("server_name", "queue_id"):
-        enqueue_relay(server_name, queue_id)
+    for server_name, queue_id, node in due.values_list("server_name", "queue_id", "node"):
+        enqueue_relay(server_name, queue_id, node)
 
 
 def messages_act(*, action: str, queue_ids: list[str], by: str) -> int:
