@@ -43,6 +43,7 @@ _RELAY_LIMIT = max(10, settings.MAILADMIN_DELIVERY_LEASE_SECONDS - 15)
 )
 def relay_message(server_name: str, queue_id: str, node: str = "") -> str:
     """Record a spooled message if new (spooled by ``node``), then deliver it if it is due."""
+    _forget_enqueued(queue_id)
     if message_ingest(server_name=server_name, queue_id=queue_id, node=node) is None:
         log.warning("%s: no spooled message %s", server_name, queue_id)
         return "missing"
@@ -71,6 +72,17 @@ def sweep_spool(node: str) -> int:
         log.warning("spool sweep for node %s reached node %s", node, settings.MAILADMIN_NODE)
         return 0
     return sweep_services.spool_orphans(node=node, enqueue=enqueue_relay)
+
+
+def _forget_enqueued(queue_id: str) -> None:
+    # The task is running: from now on a new one may be sent (a retry due soon, such as a
+    # message that found its next hop at its connection limit, must not wait out the key).
+    try:
+        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2)
+        client.delete(f"mailadmin:enqueued:{queue_id}")
+        client.close()
+    except redis.RedisError:
+        pass
 
 
 def enqueue_relay(server_name: str, queue_id: str, node: str = "") -> None:

@@ -9,6 +9,7 @@ that spooled it. (1) reads a spool directory, which only the node that wrote it 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Any
@@ -19,6 +20,7 @@ from django.utils import timezone
 from mailadmin.models import Message, MessageState, VirtualServer
 from mailadmin.models.queue import OPEN_STATES
 from mailadmin.services.queue import message_ingest, spool_for
+from smtpworker.spool import Spool
 
 BATCH = 2000
 HANDOFF_GRACE = timedelta(seconds=30)
@@ -72,11 +74,19 @@ def spool_nodes(statuses: Iterable[dict[str, Any]], this_node: str) -> list[str]
 
 
 def spool_orphans(*, node: str, enqueue: Enqueue) -> int:
-    """Record and enqueue the spool files on this machine the database does not know,
-    as spooled by ``node``. Run it on the node that owns the spools."""
+    """Record and enqueue the spool files of ``node``'s servers that the database does not
+    know, as spooled by ``node``. Run it on the node that owns the spools.
+
+    Only servers assigned to ``node`` (or to every node) are looked at: nodes on one
+    machine may share a mail root, and another node's files are that node's to hand off.
+    A file younger than HANDOFF_GRACE is skipped, as its hand-off is still in flight.
+    """
     found = 0
-    for name in VirtualServer.objects.values_list("name", flat=True):
-        ids = spool_for(name).ids()
+    cutoff = time.time() - HANDOFF_GRACE.total_seconds()
+    servers = VirtualServer.objects.filter(Q(node=node) | Q(node=""))
+    for name in servers.values_list("name", flat=True):
+        spool = spool_for(name)
+        ids = spool.ids()
         known: set[str] = set()
         for start in range(0, len(ids), 1000):
             chunk = ids[start : start + 1000]
@@ -84,9 +94,16 @@ def spool_orphans(*, node: str, enqueue: Enqueue) -> int:
                 Message.objects.filter(queue_id__in=chunk).values_list("queue_id", flat=True)
             )
         for queue_id in ids:
-            if queue_id in known:
+            if queue_id in known or _younger(spool, queue_id, cutoff):
                 continue
             if message_ingest(server_name=name, queue_id=queue_id, node=node) is not None:
                 enqueue(name, queue_id, node)
                 found += 1
     return found
+
+
+def _younger(spool: Spool, queue_id: str, cutoff: float) -> bool:
+    try:
+        return spool.message_path(queue_id).stat().st_mtime > cutoff
+    except FileNotFoundError:  # delivered and removed meanwhile
+        return True

@@ -98,10 +98,16 @@ class Stack:
     """SMTP worker + Celery worker + beat for one test, sharing the test's settings."""
 
     def __init__(
-        self, *, redis_url: str, mailroot: Path, log_dir: Path, minute: float = 0.05
+        self,
+        *,
+        redis_url: str,
+        mailroot: Path,
+        log_dir: Path,
+        minute: float = 0.05,
+        node: str | None = None,
     ) -> None:
         self.redis_url, self.mailroot, self.log_dir = redis_url, mailroot, log_dir
-        self.node = f"e2e{os.getpid()}"
+        self.node = node or f"e2e{os.getpid()}"
         self.env = {
             **os.environ,
             "PYTHONUNBUFFERED": "1",
@@ -123,6 +129,9 @@ class Stack:
         self.processes: dict[str, Process] = {}
 
     def _process(self, name: str, argv: list[str]) -> Process:
+        previous = self.processes.get(name)
+        if previous is not None:  # a restart: the old one is gone, its log still open
+            previous.stop()
         process = Process(name, argv, self.env, self.log_dir)
         self.processes[name] = process
         return process.start()

@@ -93,6 +93,12 @@ class Sink:
         self.auth = auth
         self.auth_mechanisms = tuple(m.upper() for m in auth_mechanisms)
         self.smtputf8 = smtputf8
+        # Seconds each accepted message is held before its 250, and the most messages
+        # held at once: with a delay, ``peak`` shows how many connections delivered
+        # concurrently (what outbound connection limits bound).
+        self.data_delay = 0.0
+        self.peak = 0
+        self._holding = 0
         self.ca = trustme.CA() if tls else None
         self._tls_context = self._server_context() if self.ca is not None else None
         self._mode = "accept"
@@ -145,6 +151,7 @@ class Sink:
             self.messages.clear()
             self.connections.clear()
         self.rcpt_replies.clear()
+        self.peak = 0
         self.stage = "data"
         self.mode = "accept"
 
@@ -355,6 +362,13 @@ class _Handler:
         reply = self._scripted(server, "data")
         if reply is not None:
             return reply
+        if self.sink.data_delay:
+            self.sink._holding += 1  # the loop's thread only: no lock needed
+            self.sink.peak = max(self.sink.peak, self.sink._holding)
+            try:
+                await asyncio.sleep(self.sink.data_delay)
+            finally:
+                self.sink._holding -= 1
         self.sink._record(session, envelope)
         return f"250 2.0.0 Queued as {len(self.sink.messages)}"
 
