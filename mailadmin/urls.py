@@ -16,6 +16,7 @@ from mailadmin.views import (
     sessions,
     sheet,
     tools,
+    tracking,
     users,
 )
 
@@ -60,6 +61,8 @@ console = (
             queues.message_delete,
             name="message-delete",
         ),
+        path("tracking/", tracking.search, name="tracking"),
+        path("tracking/<str:queue_id>/", tracking.timeline, name="tracking-message"),
         path("audit/", tools.audit_log, name="audit"),
         path("config/", tools.config_page, name="config"),
         path("config/export/", tools.config_export, name="config-export"),

@@ -1,0 +1,144 @@
+"""Message Tracking in the browser: search, correct a bad time, open a message's history.
+
+A relay whose smart host (a Sink) first answers 451 and then takes the mail holds a
+message tried three times; a few others sit in the queue or were delivered at once.
+Screenshots go to test-artifacts/screens/5x-*.png.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.utils import timezone
+from playwright.sync_api import Browser, Page, expect
+from rest_framework.test import APIClient
+
+from mailadmin.models import Message
+from mailadmin.tests.e2e.test_console_screens import log_in, shot
+from mailadmin.tests.test_delivery import run, spool
+from smtpworker.tests.sink import Sink
+
+BODY = (
+    "From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\n"
+    "Message-ID: <{n}@corp.example.com>\r\nDate: Mon, 1 Dec 2025 09:00:00 +0000\r\n"
+    "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nHello.\r\n"
+)
+MAIL = [  # sender, recipient, subject, minutes ago
+    ("alice@corp.example.com", "bob@example.net", "Quarterly numbers", 95),
+    ("alice@corp.example.com", "carol@example.net", "Lunch on Friday?", 50),
+    ("payroll@corp.example.com", "bank@example.net", "Payroll batch 2025-12", 30),
+    ("noreply@corp.example.com", "ops@example.net", "Nightly backup report", 5),
+]
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    with Sink() as server:
+        yield server
+
+
+@pytest.fixture
+def tracked(e2e_admin: User, sink: Sink, settings: Any, tmp_path: Any) -> dict[str, str]:
+    """Subject -> queue id; "Quarterly numbers" was deferred twice, then delivered."""
+    settings.MAILADMIN_MAILROOT = tmp_path / "mailroot"
+    settings.MAILADMIN_OUTBOUND_TIMEOUT_CAP = 3
+    api = APIClient()
+    api.force_login(e2e_admin)
+    response = api.post(
+        "/api/v1/servers/",
+        {
+            "name": "CorpRelay",
+            "default_domain": "corp.example.com",
+            "bindings": ["127.0.0.2:2525"],
+            "delivery": {"smart_host": sink.smart_host},
+        },
+        format="json",
+    )
+    assert response.status_code == 201, response.content
+    ids = {}
+    for n, (sender, to, subject, age) in enumerate(MAIL):
+        data = BODY.format(sender=sender, to=to, subject=subject, n=n).encode()
+        ids[subject] = spool(sender, to, data=data, server="CorpRelay")
+        received = timezone.now() - timedelta(minutes=age)
+        Message.objects.filter(queue_id=ids[subject]).update(
+            received_at=received, auth_user=sender.split("@")[0], node="mx-node-1"
+        )
+    sink.mode = "451"
+    for subject in ("Quarterly numbers", "Quarterly numbers", "Payroll batch 2025-12"):
+        assert run(ids[subject]) == "retry"
+    sink.mode = "accept"
+    assert run(ids["Quarterly numbers"]) == "delivered"
+    assert run(ids["Lunch on Friday?"]) == "delivered"
+    return ids
+
+
+def test_search_then_follow_a_message_from_arrival_to_delivery(
+    page: Page, live_server: Any, tracked: dict[str, str], sink: Sink, browser: Browser
+) -> None:
+    base = live_server.url
+    log_in(page, base)
+    page.get_by_role("treeitem", name="Message Tracking").click()
+    expect(page.get_by_role("heading", name="Message Tracking", level=1)).to_be_visible()
+    search = page.get_by_role("search", name="Search")
+
+    # A time the console cannot read is shown beside its field; nothing is searched.
+    search.get_by_label("Received from").fill("yesterday")
+    search.get_by_role("button", name="Search").click()
+    expect(page.get_by_role("alert")).to_contain_text("The search was not run")
+    expect(search.get_by_label("Received from")).to_have_attribute("aria-invalid", "true")
+    expect(page.get_by_text("'yesterday' is not an ISO 8601 date or date-time.")).to_be_visible()
+
+    since = (timezone.localtime() - timedelta(hours=3)).strftime("%Y-%m-%d %H:%M")
+    search.get_by_label("Received from").fill(since)
+    search.get_by_label("Sender").fill("alice@")
+    search.get_by_role("button", name="Search").click()
+    assert "sender=alice%40" in page.url  # a GET search: it can be bookmarked
+    results = page.get_by_role("table", name="Messages that match the search, newest first")
+    expect(results.get_by_role("row")).to_have_count(3)  # the header and two messages
+    row = results.get_by_role("row").filter(has_text="Quarterly numbers")
+    expect(row).to_contain_text(tracked["Quarterly numbers"])
+    expect(row.get_by_text("Delivered", exact=True)).to_be_visible()
+    expect(results).not_to_contain_text("Payroll batch")
+    shot(page, "50-tracking-search")
+
+    row.get_by_role("link", name="Quarterly numbers").click()
+    expect(page.get_by_role("heading", name="Quarterly numbers", level=1)).to_be_visible()
+    history = page.get_by_role("list", name="History")
+    expect(history.get_by_role("heading", level=3)).to_have_text(
+        ["Received", "Attempt 1: Deferred", "Attempt 2: Deferred", "Attempt 3: Delivered"]
+    )
+    received = history.get_by_role("listitem").first
+    for fact in ["127.0.0.9", "alice", "mx-node-1", "CorpRelay", "bob@example.net"]:
+        expect(received).to_contain_text(fact)
+    expect(history).to_contain_text("451 4.3.0 Sink is told to defer")
+    expect(history.get_by_role("listitem").last).to_contain_text("250")
+    expect(page.get_by_text("Delivered to every recipient.")).to_be_visible()
+    expect(page.get_by_role("link", name="Open in the queue")).to_have_count(0)
+    shot(page, "51-tracking-history")
+
+    # Back to the same results, then a message still waiting, with the way to its queue.
+    page.get_by_role("navigation", name="Breadcrumb").get_by_role(
+        "link", name="Search results"
+    ).click()
+    expect(search.get_by_label("Sender")).to_have_value("alice@")
+    search.get_by_label("Sender").fill("")
+    search.get_by_label("Subject").fill("payroll")
+    search.get_by_role("button", name="Search").click()
+    page.get_by_role("link", name="Payroll batch 2025-12").click()
+    expect(page.get_by_text("Retry: waiting for the next attempt.").first).to_be_visible()
+    page.get_by_role("link", name="Open in the queue").click()
+    expect(page.get_by_role("heading", name="Payroll batch 2025-12", level=1)).to_be_visible()
+    expect(page.get_by_role("heading", name="Delivery attempts (1)")).to_be_visible()
+
+    narrow = browser.new_context(
+        viewport={"width": 390, "height": 844}, storage_state=page.context.storage_state()
+    )
+    phone = narrow.new_page()
+    phone.goto(f"{base}/tracking/{tracked['Quarterly numbers']}/")
+    expect(phone.get_by_role("heading", name="Attempt 3: Delivered")).to_be_attached()
+    shot(phone, "52-narrow-tracking-history")
+    narrow.close()
