@@ -264,6 +264,7 @@ def _apply_server(data: dict[str, Any]) -> VirtualServer:
     full = _with_defaults(VirtualServer, SERVER_LAYOUT, data, keep_secrets=server.pk is not None)
     full.setdefault("connection_entries", [])
     full.setdefault("relay_entries", [])
+    full.setdefault("proxy_entries", [])
     full["bindings"] = full.get("bindings") or [DEFAULT_BINDING]
     if not full.get("default_domain"):
         full["default_domain"] = next(d["name"] for d in domains if d.get("is_default"))

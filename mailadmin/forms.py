@@ -155,7 +155,7 @@ class SheetForm(forms.Form):
 def list_values(server: VirtualServer, name: str) -> list[str]:
     if name == "bindings":
         return [str(b) for b in server.bindings.all()]
-    if name in ("connection_entries", "relay_entries"):
+    if name in ("connection_entries", "relay_entries", "proxy_entries"):
         kind = name.removesuffix("_entries")
         return [e.value for e in server.access_entries.all() if e.list == kind]
     return list(getattr(server, name))
@@ -188,7 +188,7 @@ class GeneralForm(SheetForm):
         "logging_fields",
     )
     LIMITS = ("connection_limit",)
-    LISTS = ("bindings",)
+    LISTS = ("bindings", "proxy_entries")
 
     name = forms.CharField(label="Name", max_length=64)
     description = forms.CharField(
@@ -197,7 +197,14 @@ class GeneralForm(SheetForm):
     bindings = LinesField(
         grammar.parse_binding,
         label="Identities (IP address:TCP port, one per line)",
-        help_text="127.0.0.2:25, [::1]:25, or *:25 for (All Unassigned).",
+        help_text="127.0.0.2:25, [::1]:25, or *:25 for (All Unassigned). Add ' proxy' "
+        "(10.0.0.5:25 proxy) to take the PROXY protocol from a load balancer.",
+    )
+    proxy_entries = LinesField(
+        grammar.parse_trusted_proxy,
+        label="Trusted proxies (IP address or subnet, one per line)",
+        help_text="Only these may connect to a 'proxy' identity; their PROXY header names "
+        "the client that connection control, relay and the logs then see.",
     )
     node = forms.CharField(
         label="Worker node", required=False, help_text="Empty: every node serves it."

@@ -20,6 +20,8 @@ SERVER_LAYOUT: Layout = {
     "state": "state",
     "node": "node",
     "bindings": "@bindings",
+    # Addresses allowed to send PROXY protocol headers to the bindings marked "proxy".
+    "trusted_proxies": "@proxy_entries",
     "fqdn": "fqdn",
     "default_domain": "@default_domain",
     "home_directory": "home_directory",

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 
 from mailadmin.models import AccessList, Domain, SmtpUser, VirtualServer
 from smtpworker import config as wc
-from smtpworker.grammar import AccessEntry, Binding, parse_access_entry
+from smtpworker.grammar import AccessEntry, parse_access_entry
 
 
 def _kb(value: int | None) -> int | None:
@@ -51,7 +51,7 @@ def server_config(server: VirtualServer) -> wc.ServerConfig:
         name=server.name,
         state=server.state,
         node=server.node,
-        bindings=tuple(Binding(b.host or None, b.port) for b in server.bindings.all()),
+        bindings=tuple(b.as_grammar() for b in server.bindings.all()),
         fqdn=server.fqdn,
         home_directory=server.home_directory,
         connection_limit=server.connection_limit,
@@ -111,6 +111,7 @@ def server_config(server: VirtualServer) -> wc.ServerConfig:
             ),
         ),
         domains=tuple(domain_config(d) for d in server.domains.all()),
+        trusted_proxies=listed(AccessList.PROXY),
     )
 
 

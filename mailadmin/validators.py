@@ -8,7 +8,7 @@ is done by ``canonical_*`` helpers that services call before saving.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -49,6 +49,35 @@ def binding(value: str) -> None:
 
 def mailbox(value: str) -> None:
     _check(grammar.parse_forward_path, value)
+
+
+def proxy_protocol_errors(
+    bindings: Sequence[grammar.Binding], trusted: Sequence[grammar.AccessEntry]
+) -> Iterator[tuple[str, int, str]]:
+    """The PROXY protocol rules that span a server's bindings and its trusted proxies, as
+    ``(field, index, message)`` with ``field`` "bindings" or "proxy_entries".
+
+    A trusted proxy is an IP address or network, never a name (it is recognised before
+    anything is read, by its address alone). A binding that takes the PROXY protocol
+    needs at least one trusted proxy: it refuses every other sender, so without one it
+    would refuse everyone.
+    """
+    for index, entry in enumerate(trusted):
+        if entry.kind == "domain":
+            message = (
+                f"{entry}: give a trusted proxy by IP address or network "
+                "(10.0.0.5, 10.0.0.0/24), not by name."
+            )
+            yield "proxy_entries", index, message
+    if trusted:
+        return
+    for index, item in enumerate(bindings):
+        if item.proxy:
+            message = (
+                f"{item} takes the PROXY protocol but no trusted proxy is listed: list the "
+                "load balancer's addresses under trusted proxies, or remove 'proxy'."
+            )
+            yield "bindings", index, message
 
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}$")

@@ -159,6 +159,9 @@ class ServerConfig:
     messages: MessageLimits
     delivery: DeliveryConfig
     domains: tuple[DomainConfig, ...]
+    # Who may send a PROXY protocol header to this server's PROXY bindings (IPs and
+    # networks only). Last and defaulted: bodies published before it existed still load.
+    trusted_proxies: tuple[AccessEntry, ...] = ()
 
     @property
     def default_domain(self) -> str:
@@ -209,7 +212,13 @@ def to_data(value: Any) -> Any:
     if isinstance(value, Binding | AccessEntry):
         return str(value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_data(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        # A field added after the schema was published (it has a default) is written only
+        # when set, so a configuration that does not use it keeps its text and hash.
+        return {
+            f.name: to_data(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+            if f.default is dataclasses.MISSING or getattr(value, f.name) != f.default
+        }
     if isinstance(value, tuple | list):
         return [to_data(item) for item in value]
     return value
@@ -242,14 +251,21 @@ def _decode(cls: type[T], data: Any, path: str) -> T:
     if not isinstance(data, dict):
         raise ConfigFormatError(f"{path}: expected an object")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
-    missing = [n for n in names if n not in data]
+    fields = dataclasses.fields(cls)  # type: ignore[arg-type]
+    # A field with a default was added after the schema was first published; a body
+    # written before it (a node's last good file) leaves it out and gets the default.
+    missing = [f.name for f in fields if f.name not in data and f.default is dataclasses.MISSING]
     if missing:
         raise ConfigFormatError(f"{path}: missing {', '.join(missing)}")
+    names = [f.name for f in fields if f.name in data]
     values = {n: _decode_value(hints[n], data[n], f"{path}.{n}") for n in names}
     for name, choices in ((n, c) for (k, n), c in _CHOICES.items() if k is cls):
         if values[name] not in choices:
             raise ConfigFormatError(f"{path}.{name}: {values[name]!r} is not one of {choices}")
+    if cls is ServerConfig:  # the grammar of access entries allows names; proxies are IPs
+        for index, entry in enumerate(values.get("trusted_proxies", ())):
+            if entry.kind == "domain":
+                raise ConfigFormatError(f"{path}.trusted_proxies[{index}]: {entry} is a name")
     return cls(**values)
 
 

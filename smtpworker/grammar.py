@@ -35,6 +35,7 @@ __all__ = [
     "parse_forward_path",
     "parse_reverse_path",
     "parse_smart_host",
+    "parse_trusted_proxy",
 ]
 
 IPAddress: TypeAlias = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -187,17 +188,33 @@ def domain_matches(pattern: str, domain: str) -> bool:
 
 @dataclass(slots=True, frozen=True)
 class Binding:
-    """An ip:port a virtual server listens on; host None is IIS's "All Unassigned"."""
+    """An ip:port a virtual server listens on; host None is IIS's "All Unassigned".
+
+    ``proxy`` marks a binding behind a TCP load balancer: every connection must start with
+    a PROXY protocol header (v1 or v2) from one of the server's trusted proxies. Its text
+    form is the address followed by the word ``proxy`` ('10.0.0.5:25 proxy').
+    """
 
     host: str | None
     port: int
+    proxy: bool = False
 
     def __str__(self) -> str:
         if self.host is None:
-            return f"*:{self.port}"
-        if ":" in self.host:
-            return f"[{self.host}]:{self.port}"
-        return f"{self.host}:{self.port}"
+            text = f"*:{self.port}"
+        elif ":" in self.host:
+            text = f"[{self.host}]:{self.port}"
+        else:
+            text = f"{self.host}:{self.port}"
+        return f"{text} {PROXY_OPTION}" if self.proxy else text
+
+    @property
+    def address(self) -> Binding:
+        """The ip:port alone, without the PROXY flag: what a socket binds."""
+        return Binding(self.host, self.port) if self.proxy else self
+
+
+PROXY_OPTION = "proxy"
 
 
 def _split_host_port(text: str, example: str) -> tuple[str, str | None]:
@@ -216,11 +233,24 @@ def _split_host_port(text: str, example: str) -> tuple[str, str | None]:
 
 
 def parse_binding(text: str) -> Binding:
-    """Parse 'ip:port', '[ipv6]:port' or '*:port'.
+    """Parse 'ip:port', '[ipv6]:port' or '*:port', optionally followed by the word 'proxy'.
 
     '*', '0.0.0.0' and '[::]' all mean All Unassigned (host None). The host must be an
-    IP address, in its compressed form; the port is required.
+    IP address, in its compressed form; the port is required. A trailing ' proxy'
+    (any case, after any whitespace) sets ``proxy``: the binding takes the PROXY protocol.
     """
+    words = text.split()
+    proxy = len(words) == 2 and words[1].lower() == PROXY_OPTION
+    if len(words) > 1 and not proxy:
+        raise GrammarError(
+            f"{_show(text.strip())}: after address:port only the word '{PROXY_OPTION}' may "
+            "follow (to take the PROXY protocol from a load balancer)."
+        )
+    binding = _parse_address_port(words[0] if proxy else text)
+    return Binding(binding.host, binding.port, proxy=True) if proxy else binding
+
+
+def _parse_address_port(text: str) -> Binding:
     text = _config_text(text, "an address and port")
     host, port = _split_host_port(text, "127.0.0.1:25, [::1]:25 or *:25")
     if port is None:
@@ -335,6 +365,21 @@ def parse_access_entry(text: str) -> AccessEntry:
     if addr is not None:
         return AccessEntry("ip", _ip_text(_unmapped(addr)))
     return AccessEntry("domain", parse_domain(text, allow_wildcard=True))
+
+
+def parse_trusted_proxy(text: str) -> AccessEntry:
+    """Parse a trusted proxy: an IP address or a network, as for :func:`parse_access_entry`.
+
+    A domain name is refused: the proxy must be recognised before its header is read,
+    from the connection's own address, and reverse DNS is the connecting party's claim.
+    """
+    entry = parse_access_entry(text)
+    if entry.kind == "domain":
+        raise GrammarError(
+            f"{_show(text.strip())}: give a trusted proxy by IP address or network "
+            "(10.0.0.5, 10.0.0.0/24), not by name."
+        )
+    return entry
 
 
 def _parse_network(text: str) -> IPNetwork:

@@ -25,7 +25,7 @@ from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP, TLSSetupException, _Missing
 
-from smtpworker import policy
+from smtpworker import policy, proxyproto
 from smtpworker.auth import Accounts, AuthThrottle
 from smtpworker.config import ServerConfig
 from smtpworker.data import DataReader
@@ -73,7 +73,9 @@ class ServerContext:
 class SmtpSession(SMTP):
     """An SMTP server session whose every answer comes from the policy module."""
 
-    def __init__(self, context: ServerContext) -> None:
+    def __init__(self, context: ServerContext, *, proxy: bool = False) -> None:
+        """``proxy``: the connection came in on a PROXY protocol binding, so it must open
+        with a header from a trusted proxy naming the real client."""
         cfg = context.cfg
         # Not SMTP.__init__: it builds hook and AUTH tables by introspection (inspect.
         # getmembers, dir) on every connection, which this class never reads since it
@@ -114,6 +116,7 @@ class SmtpSession(SMTP):
         self._handle_hooks = {}
         self._smtp_methods = {}
         self.ctx = context
+        self.proxy = proxy
         # Every line of this session carries its server, client, session id (and queue id).
         self.log = ContextAdapter(log, {"server": cfg.name})
         self.info: SessionInfo | None = None
@@ -135,6 +138,11 @@ class SmtpSession(SMTP):
         peer = self.transport.get_extra_info("peername") if self.transport else None
         ip, port = (peer[0], peer[1]) if peer else ("0.0.0.0", 0)
         cfg = self.ctx.cfg
+        if self.proxy:
+            client = await self._proxied_client(ip, port)
+            if client is None:
+                return
+            ip, port = client
         names: tuple[str, ...] = ()
         if self.ctx.reverse_names is not None and _wants_reverse_dns(cfg):
             names = await self.ctx.reverse_names(ip)
@@ -162,6 +170,39 @@ class SmtpSession(SMTP):
             await self._command_loop()
         finally:
             self.ctx.sessions.remove(self.info)
+
+    async def _proxied_client(self, ip: str, port: int) -> tuple[str, int] | None:
+        """The client a trusted proxy names in its PROXY header, before any greeting.
+
+        From here on the named client is the peer for everything: connection control,
+        the connection limit, relay, AUTH throttling, sessions, logs and the envelope.
+        A LOCAL or UNKNOWN header (the proxy's own health check) leaves the proxy as the
+        peer. Returns None after closing the connection, without a word (a proxy would
+        pass any reply on to its client): the sender is not a trusted proxy, or its
+        header is malformed, incomplete or late.
+        """
+        cfg = self.ctx.cfg
+        log = self.log.bind(proxy_ip=ip)
+        if not proxyproto.trusted(cfg.trusted_proxies, ip):
+            log.warning("PROXY binding: %s is not a trusted proxy; connection closed", ip)
+            self.ctx.count("rejected_proxy_untrusted")
+            self._terminate()
+            return None
+        timeout = min(proxyproto.HEADER_TIMEOUT, cfg.connection_timeout)
+        self._reset_timeout(timeout + 1)  # the idle time-out's 421 must not come first
+        try:
+            header = await asyncio.wait_for(proxyproto.read_header(self._reader), timeout)
+        except (proxyproto.ProxyProtocolError, TimeoutError) as exc:
+            reason = str(exc) or f"no header within {timeout:g} seconds"
+            log.warning("PROXY header from %s refused: %s; connection closed", ip, reason)
+            self.ctx.count("rejected_proxy_header")
+            self._terminate()
+            return None
+        self._reset_timeout()
+        if header.source is None:
+            return ip, port
+        self.log = log
+        return header.source
 
     def _terminate(self) -> None:
         if self.transport is not None:

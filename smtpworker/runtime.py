@@ -42,9 +42,14 @@ MAIL_DIRECTORIES = ("Queue", "Pickup", "Drop", "Badmail")
 
 @dataclass(slots=True)
 class Listener:
-    binding: Binding
+    binding: Binding  # the address alone; ``proxy`` says whether it takes PROXY headers
     server: str
     handle: asyncio.Server
+    proxy: bool = False
+
+
+# A listening address -> (server name, whether it takes the PROXY protocol).
+Wanted = dict[Binding, tuple[str, bool]]
 
 
 @dataclass(slots=True)
@@ -102,8 +107,9 @@ class Node:
                 contexts[server.name] = self._context(site, server)
             except (OSError, tlsinfo.TlsConfigError, SecretBoxError) as exc:
                 errors[server.name] = f"cannot prepare {server.name}: {exc}"
+        # Keyed by address: turning PROXY on or off keeps the socket and flips the flag.
         wanted = {
-            b: name
+            b.address: (name, b.proxy)
             for name, server in servers.items()
             if server.state in RUNNING and name in contexts
             for b in server.bindings
@@ -113,15 +119,17 @@ class Node:
         self.errors = errors
         self.site = site
 
-    async def _rebind(self, wanted: dict[Binding, str], errors: dict[str, str]) -> None:
+    async def _rebind(self, wanted: Wanted, errors: dict[str, str]) -> None:
+        # No await before this loop ends, so no connection sees new contexts with old flags.
         for binding, listener in self.listeners.items():
             if binding in wanted:
-                listener.server = wanted[binding]  # same socket, maybe another server now
-        for binding, name in wanted.items():
+                # Same socket, maybe another server now, maybe PROXY turned on or off.
+                listener.server, listener.proxy = wanted[binding]
+        for binding, (name, proxy) in wanted.items():
             if binding in self.listeners:
                 continue
             try:
-                await self._open(binding, name, wanted)
+                await self._open(binding, name, proxy, wanted)
             except OSError as exc:
                 reason = exc.strerror or str(exc)
                 errors[name] = f"cannot listen on {binding}: {reason}"
@@ -129,7 +137,7 @@ class Node:
         for binding in [b for b in self.listeners if b not in wanted]:
             self._close(binding)
 
-    async def _open(self, binding: Binding, name: str, wanted: dict[Binding, str]) -> None:
+    async def _open(self, binding: Binding, name: str, proxy: bool, wanted: Wanted) -> None:
         try:
             handle = await self._serve(binding)
         except OSError as exc:
@@ -143,8 +151,8 @@ class Node:
             for old in overlapping:
                 self._close(old)
             handle = await self._serve(binding)
-        self.listeners[binding] = Listener(binding, name, handle)
-        log.info("%s: listening on %s", name, binding)
+        self.listeners[binding] = Listener(binding, name, handle, proxy)
+        log.info("%s: listening on %s", name, Binding(binding.host, binding.port, proxy))
 
     async def _serve(self, binding: Binding) -> asyncio.Server:
         loop = asyncio.get_running_loop()
@@ -167,9 +175,10 @@ class Node:
     def _session(self, binding: Binding) -> SmtpSession:
         listener = self.listeners.get(binding)
         context = self.contexts.get(listener.server) if listener else None
-        if context is None:  # pragma: no cover - a listener outlived its server
+        if listener is None or context is None:  # pragma: no cover - outlived its server
             raise ConnectionRefusedError(f"no server for {binding}")
-        return SmtpSession(context)
+        # The flag lives on the listener, so a plain binding pays nothing for PROXY.
+        return SmtpSession(context, proxy=listener.proxy)
 
     def _context(self, site: SiteConfig, server: ServerConfig) -> ServerContext:
         home = self.home(server)
@@ -276,7 +285,11 @@ class Node:
         """What this node runs, for the API and the dashboard (JSON-ready)."""
         servers: dict[str, Any] = {}
         for server in self.mine(self.site) if self.site else []:
-            bound = [str(b) for b, lst in self.listeners.items() if lst.server == server.name]
+            bound = [
+                str(Binding(b.host, b.port, lst.proxy))
+                for b, lst in self.listeners.items()
+                if lst.server == server.name
+            ]
             servers[server.name] = {
                 "state": server.state,
                 "listening": bool(bound) and server.name not in self.errors,

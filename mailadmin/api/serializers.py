@@ -44,7 +44,9 @@ class BindingsField(GrammarListField):
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("min_length", 1)
         kwargs.setdefault(
-            "help_text", 'ip:port identities, e.g. "127.0.0.2:25", "[::1]:25", "*:25".'
+            "help_text",
+            'ip:port identities, e.g. "127.0.0.2:25", "[::1]:25", "*:25"; '
+            '"10.0.0.5:25 proxy" takes the PROXY protocol (v1 or v2) from trusted_proxies.',
         )
         super().__init__(grammar.parse_binding, source="*", **kwargs)
 
@@ -59,10 +61,10 @@ class BindingsField(GrammarListField):
 
 
 class AccessListField(GrammarListField):
-    def __init__(self, kind: str, **kwargs: Any) -> None:
+    def __init__(self, kind: str, parse: Any = grammar.parse_access_entry, **kwargs: Any) -> None:
         self.kind = kind
         kwargs.setdefault("help_text", "IP addresses, CIDR networks and domain names.")
-        super().__init__(grammar.parse_access_entry, source="*", **kwargs)
+        super().__init__(parse, source="*", **kwargs)
 
     def get_attribute(self, instance: VirtualServer) -> Any:
         return instance
@@ -118,6 +120,13 @@ SPECIAL_FIELDS = {
     "@bindings": lambda: BindingsField(required=False),
     "@connection_entries": lambda: AccessListField(AccessList.CONNECTION, required=False),
     "@relay_entries": lambda: AccessListField(AccessList.RELAY, required=False),
+    "@proxy_entries": lambda: AccessListField(
+        AccessList.PROXY,
+        grammar.parse_trusted_proxy,
+        required=False,
+        help_text="IP addresses and CIDR networks of the load balancers that may send "
+        "PROXY protocol headers to the bindings marked proxy; others are refused.",
+    ),
     "@default_domain": lambda: DefaultDomainField(required=False),
 }
 

@@ -11,6 +11,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 from mailadmin import validators
+from smtpworker.grammar import Binding as GrammarBinding
 
 
 class ServerState(models.TextChoices):
@@ -209,12 +210,15 @@ class VirtualServer(models.Model):
 class Binding(models.Model):
     """One ip:port identity of a server ("Advanced..." on IIS's General tab).
 
-    ``host`` empty means "(All Unassigned)".
+    ``host`` empty means "(All Unassigned)". ``proxy_protocol``: the identity sits behind
+    a TCP load balancer and takes the PROXY protocol, from the server's trusted proxies
+    only (the ``proxy`` access list).
     """
 
     server = models.ForeignKey(VirtualServer, on_delete=models.CASCADE, related_name="bindings")
     host = models.CharField(max_length=45, blank=True, default="")
     port = models.PositiveIntegerField(default=25, validators=_port)
+    proxy_protocol = models.BooleanField("PROXY protocol", default=False)
 
     class Meta:
         ordering = ["id"]
@@ -223,18 +227,23 @@ class Binding(models.Model):
         ]
 
     def __str__(self) -> str:
-        from smtpworker.grammar import Binding as GrammarBinding
+        return str(self.as_grammar())
 
-        return str(GrammarBinding(self.host or None, self.port))
+    def as_grammar(self) -> GrammarBinding:
+        return GrammarBinding(self.host or None, self.port, self.proxy_protocol)
 
 
 class AccessList(models.TextChoices):
     CONNECTION = "connection", "Connection control"
     RELAY = "relay", "Relay restrictions"
+    # Who may send PROXY protocol headers to the server's PROXY bindings: IPs and networks
+    # only (``smtpworker.grammar.parse_trusted_proxy``).
+    PROXY = "proxy", "Trusted proxies"
 
 
 class AccessEntry(models.Model):
-    """An IP address, CIDR network or domain name on a connection or relay list."""
+    """An IP address, CIDR network or domain name on a connection or relay list, or an IP
+    address or network on the trusted proxy list."""
 
     server = models.ForeignKey(
         VirtualServer, on_delete=models.CASCADE, related_name="access_entries"

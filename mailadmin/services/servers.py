@@ -1,10 +1,10 @@
 """Writes to virtual servers: create, update, delete, start/stop/pause.
 
 ``data`` is what a serializer or form validated, keyed by model field name, plus
-``bindings`` (grammar Binding objects), ``connection_entries`` / ``relay_entries``
-(grammar AccessEntry objects) and ``default_domain``. Secrets arrive in plain text and
-are sealed here. Every write runs in ``config_transaction`` and raises ``ConfigError``
-with document paths when refused, leaving nothing changed.
+``bindings`` (grammar Binding objects), ``connection_entries`` / ``relay_entries`` /
+``proxy_entries`` (grammar AccessEntry objects) and ``default_domain``. Secrets arrive in
+plain text and are sealed here. Every write runs in ``config_transaction`` and raises
+``ConfigError`` with document paths when refused, leaving nothing changed.
 """
 
 from __future__ import annotations
@@ -27,12 +27,18 @@ from mailadmin.models import (
 )
 from mailadmin.services.config import config_transaction
 from mailadmin.services.secrets import secret_open, secret_replace
-from mailadmin.validators import canonical_domain, canonical_smart_host
+from mailadmin.validators import canonical_domain, canonical_smart_host, proxy_protocol_errors
 from smtpworker import grammar
 from smtpworker.secretbox import SecretBoxError
 from smtpworker.tlsinfo import TlsConfigError, inspect_certificate
 
-RELATED_KEYS = ("bindings", "connection_entries", "relay_entries", "default_domain")
+RELATED_KEYS = (
+    "bindings",
+    "connection_entries",
+    "relay_entries",
+    "proxy_entries",
+    "default_domain",
+)
 RUNNING_STATES = (ServerState.STARTED, ServerState.PAUSED)
 DEFAULT_BINDING = grammar.Binding(None, 25)  # IIS: (All Unassigned), port 25
 
@@ -79,6 +85,7 @@ def server_apply(server: VirtualServer, data: dict[str, Any]) -> None:
         setattr(server, field, value)
     _canonicalise(server)
     errors = _tls_errors(server, check_pair=tls_changed)
+    errors.extend(_proxy_errors(server, related))
     try:
         server.full_clean()
     except DjangoValidationError as exc:
@@ -91,6 +98,7 @@ def server_apply(server: VirtualServer, data: dict[str, Any]) -> None:
     for key, kind in (
         ("connection_entries", AccessList.CONNECTION),
         ("relay_entries", AccessList.RELAY),
+        ("proxy_entries", AccessList.PROXY),
     ):
         if key in related:
             _replace_entries(server, kind, related[key])
@@ -140,6 +148,22 @@ def _tls_errors(server: VirtualServer, *, check_pair: bool) -> list[FieldError]:
     return errors
 
 
+def _proxy_errors(server: VirtualServer, related: dict[str, Any]) -> list[FieldError]:
+    """PROXY rules on the server as it will be: what ``related`` changes over what is stored."""
+    stored = server.pk is not None
+    bindings = related.get("bindings")
+    if bindings is None:
+        bindings = [b.as_grammar() for b in server.bindings.all()] if stored else []
+    trusted = related.get("proxy_entries")
+    if trusted is None:
+        rows = server.access_entries.all() if stored else []
+        trusted = [grammar.parse_access_entry(e.value) for e in rows if e.list == AccessList.PROXY]
+    return [
+        FieldError(SERVER_FIELD_PATHS[field] + (index,), message)
+        for field, index, message in proxy_protocol_errors(bindings, trusted)
+    ]
+
+
 def _replace_bindings(server: VirtualServer, bindings: Sequence[grammar.Binding]) -> None:
     if not bindings:
         raise ConfigError.at(("bindings",), "A server needs at least one IP address and port.")
@@ -151,7 +175,8 @@ def _replace_bindings(server: VirtualServer, bindings: Sequence[grammar.Binding]
                 )
     server.bindings.all().delete()
     Binding.objects.bulk_create(
-        Binding(server=server, host=b.host or "", port=b.port) for b in bindings
+        Binding(server=server, host=b.host or "", port=b.port, proxy_protocol=b.proxy)
+        for b in bindings
     )
 
 
