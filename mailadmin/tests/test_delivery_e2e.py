@@ -109,8 +109,13 @@ def test_mail_flows_from_smtp_to_the_smart_host(
     }
     got = subjects(sink)
     assert set(got) == {f"flow-{i}" for i in range(20)} and set(got.values()) == {1}
-    traffic = api.get("/api/v1/traffic/?server=Relay").json()
-    assert sum(b["accepted"] for b in traffic) == 20 and sum(b["delivered"] for b in traffic) == 20
+
+    def counted() -> tuple[int, int]:
+        traffic = api.get("/api/v1/traffic/?server=Relay").json()
+        return sum(b["accepted"] for b in traffic), sum(b["delivered"] for b in traffic)
+
+    # The counters are written just after each message's state: wait for the last one.
+    until(lambda: counted() == (20, 20), timeout=20, interval=0.2)
 
 
 def test_a_flushed_redis_loses_nothing(
