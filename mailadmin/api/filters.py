@@ -1,0 +1,21 @@
+"""Filter backends of the API: DRF's, with their refusals as field errors.
+
+DRF's SearchFilter validates ``?search=`` with a serializer field and lets the
+ValidationError out bare, so a NUL byte in it answered 400 with a list. Every other 400
+of the API is an object of field errors; this one names ``search`` too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import filters
+from rest_framework.exceptions import ValidationError
+
+
+class SearchFilter(filters.SearchFilter):
+    def get_search_terms(self, request: Any) -> Any:
+        try:
+            return super().get_search_terms(request)
+        except ValidationError as exc:
+            raise ValidationError({self.search_param: exc.detail}) from exc
