@@ -6,24 +6,27 @@ retries and attempts come from real delivery runs against a Sink told to answer 
 
 from __future__ import annotations
 
+import base64
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from django.contrib.auth.models import User
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
+from mailadmin.celery import app as celery_app
 from mailadmin.models import Message, MessageState, QueueControl
 from mailadmin.services.queue import spool_for
 from mailadmin.services.traffic import traffic_add, traffic_add_rejected
 from mailadmin.tests.test_delivery import make_server, run, spool
-from mailadmin.views import queues as queue_views
+from smtpworker.handoff import RELAY_TASK, delivery_queue
 from smtpworker.tests.sink import Sink
 
 pytestmark = pytest.mark.django_db
@@ -38,11 +41,29 @@ def mailroot(settings: Any, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def enqueued(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Relay tasks the console asked for (the Celery broker is the network edge here)."""
-    sent: list[str] = []
-    monkeypatch.setattr(queue_views, "enqueue_relay", lambda server, qid, node="": sent.append(qid))
-    return sent
+def enqueued(test_redis: str) -> Iterator[Callable[[], list[str]]]:
+    """The queue ids of the relay tasks the console sent, read from the real broker.
+
+    No Celery worker runs here, so the tasks stay in the default queue (these messages
+    were recorded without a node); it is emptied first. ``test_redis`` isolates the
+    de-duplication keys.
+    """
+    broker = redis.Redis.from_url(str(celery_app.conf.broker_url))
+    queue = delivery_queue("")
+    broker.delete(queue)
+
+    def sent() -> list[str]:
+        ids = []
+        for raw in reversed(broker.lrange(queue, 0, -1)):  # LPUSHed: oldest last
+            message = json.loads(raw)
+            if message["headers"]["task"] == RELAY_TASK:
+                args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+                ids.append(args[1])
+        return ids
+
+    yield sent
+    broker.delete(queue)
+    broker.close()
 
 
 @pytest.fixture
@@ -111,7 +132,7 @@ def test_it_lists_the_queues_by_next_hop_with_their_state(client: Client, relay:
 
 
 def test_it_suspends_and_resumes_a_queue(
-    client: Client, relay: str, sink: Sink, enqueued: list[str]
+    client: Client, relay: str, sink: Sink, enqueued: Callable[[], list[str]]
 ) -> None:
     queue_id = deferred("a@corp.test", "b@example.test")
     response = client.post("/queues/action/", {"next_hop": relay, "action": "suspend"})
@@ -124,7 +145,7 @@ def test_it_suspends_and_resumes_a_queue(
     assert "queue-card" in page and ">Suspended<" in page
     client.post("/queues/action/", {"next_hop": relay, "action": "resume"})
     assert not QueueControl.objects.get(next_hop=relay).suspended
-    assert state(queue_id) == MessageState.QUEUED and enqueued == [queue_id]
+    assert state(queue_id) == MessageState.QUEUED and enqueued() == [queue_id]
 
 
 def test_filters_narrow_the_list(client: Client, relay: str) -> None:
@@ -172,7 +193,7 @@ def test_it_pages_by_cursor_newest_first_without_counting(client: Client, relay:
 
 
 def test_bulk_suspend_resume_and_retry_go_through_the_services(
-    client: Client, relay: str, enqueued: list[str]
+    client: Client, relay: str, enqueued: Callable[[], list[str]]
 ) -> None:
     a, b = deferred("a@corp.test", "x@example.test"), deferred("b@corp.test", "y@example.test")
     response = client.post(
@@ -184,10 +205,11 @@ def test_bulk_suspend_resume_and_retry_go_through_the_services(
     assert run(a) == "not due"
     client.post("/queues/messages/action/", {"action": "resume", "queue_id": [a]})
     assert (state(a), state(b)) == (MessageState.QUEUED, MessageState.SUSPENDED)
-    assert enqueued == [a]
+    assert enqueued() == [a]
     client.post("/queues/messages/action/", {"action": "retry", "queue_id": [a, b]})
     assert state(b) == MessageState.SUSPENDED  # retry leaves suspended messages alone
-    assert enqueued == [a, a]
+    # a's task from the resume still waits in the broker: Retry now sends no second one.
+    assert enqueued() == [a]
     followed = client.post(
         "/queues/messages/action/", {"action": "suspend", "queue_id": [b]}, follow=True
     )
@@ -258,7 +280,7 @@ def test_the_detail_shows_envelope_recipients_attempts_and_headers(
 
 
 def test_operators_see_no_write_controls_and_are_refused(
-    operator_user: User, relay: str, enqueued: list[str]
+    operator_user: User, relay: str, enqueued: Callable[[], list[str]]
 ) -> None:
     queue_id = deferred("a@corp.test", "b@example.test")
     client = Client()
@@ -275,6 +297,7 @@ def test_operators_see_no_write_controls_and_are_refused(
     ]:
         assert client.post(url, data).status_code == 403, url
     assert state(queue_id) == MessageState.RETRY and not QueueControl.objects.exists()
+    assert enqueued() == []
 
 
 def test_it_refuses_a_post_without_the_csrf_token(admin_user: User, relay: str) -> None:
