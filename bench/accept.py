@@ -783,6 +783,9 @@ def main() -> int:
     parser.add_argument("--generators", type=int, default=2, help="Python load generator processes")
     parser.add_argument("--quick", action="store_true", help="a tenth of the messages")
     parser.add_argument(
+        "--json", type=Path, metavar="FILE", help="also write the results as JSON (bin/proof)"
+    )
+    parser.add_argument(
         "--spool-dir",
         type=Path,
         default=ROOT / "var" / "bench",
@@ -916,7 +919,34 @@ def main() -> int:
     failed = sum(c.failed for c in results.values())
     if failed:
         print(f"WARNING: {failed} messages failed during timed runs.")
+    if args.json:
+        args.json.write_text(json.dumps(summary(results, labels, quick=args.quick), indent=1))
     return 0
+
+
+def summary(
+    results: dict[tuple[str, int, int], Cell], labels: list[str], *, quick: bool
+) -> dict[str, object]:
+    """The table as data: per cell the product's rate, its ratios to the bare aiosmtpd and
+    to Postfix's reference, and its CPU per message."""
+    product, _single, bare = labels
+    cells = []
+    for (label, size, sessions), cell in sorted(results.items()):
+        if label != product:
+            continue
+        bare_cell = results.get((bare, size, sessions))
+        reference = POSTFIX_REFERENCE.get((size, sessions))
+        cells.append(
+            {
+                "size_kb": size // KB,
+                "sessions": sessions,
+                "rate": round(cell.rate, 1),
+                "cpu_ms": round(cell.cpu_ms, 3),
+                "per_bare": round(cell.rate / bare_cell.rate, 3) if bare_cell else None,
+                "per_postfix": round(cell.rate / reference, 3) if reference else None,
+            }
+        )
+    return {"benchmark": "accept", "quick": quick, "product": product, "cells": cells}
 
 
 if __name__ == "__main__":
