@@ -79,6 +79,8 @@ from accept import (  # noqa: E402 - bench/accept.py: shared machine and /proc h
     spread_subdirectories,
 )
 
+from smtpworker.handoff import delivery_queue  # noqa: E402 - the queue relay tasks go to
+
 KB = 1024
 # (size, sessions) -> messages per timed run; the warm-up sends WARMUP[size] first.
 CELLS = {(1 * KB, 10): 600, (1 * KB, 50): 600, (100 * KB, 10): 300}
@@ -615,7 +617,8 @@ class Product:
 
         client = redis.Redis.from_url(self.redis_url)
         try:
-            return int(client.llen("celery")) + int(client.hlen("unacked"))
+            waiting = client.llen("celery") + client.llen(delivery_queue(NODE))
+            return int(waiting) + int(client.hlen("unacked"))
         finally:
             client.close()
 
@@ -867,19 +870,20 @@ def profile(
     return lines
 
 
+def _in_task(stack: str) -> bool:
+    """Whether a sample is inside one of the product's task functions."""
+    return any(f"{task} (mailadmin/tasks.py" in stack for task in TASKS)
+
+
+TASKS = ("relay_batch", "relay_message", "sweep", "sweep_spool")
 _FRAME = re.compile(r"^(?P<func>.+) \((?P<file>[^:()]+)(?::(?P<line>\d+))?\)$")
 # Where a sample of a pool process is, by its frames (first matching rule wins).
 _CATEGORIES = (
     (
         "waiting for the next task (billiard pipe)",
-        lambda st, leaf: (
-            "relay_message" not in st and "sweep" not in st and leaf.startswith("Connection._recv")
-        ),
+        lambda st, leaf: not _in_task(st) and leaf.startswith("Connection._recv"),
     ),
-    (
-        "Celery/billiard around the task",
-        lambda st, leaf: "relay_message (" not in st and "sweep (" not in st,
-    ),
+    ("Celery/billiard around the task", lambda st, leaf: not _in_task(st)),
     ("beat's sweep task", lambda st, leaf: "sweep (mailadmin/tasks.py" in st),
     (
         "SQLite in C (execute, commit, connect, close)",
@@ -950,10 +954,15 @@ def summarize(files: list[Path], *, wall: bool, top: int = 22) -> list[str]:
 # --- output --------------------------------------------------------------------------------
 
 
+def relay_tasks(run: Run) -> int:
+    """Relay tasks run: the hand-off's batches, and single-message re-issues."""
+    return run.tasks.get("relay_batch", 0) + run.tasks.get("relay_message", 0)
+
+
 def table(cells: list[Cell]) -> str:
     head = (
         "| size | sessions | product msg/s | runs | Postfix (issue) msg/s | product/Postfix "
-        "| product CPU ms/msg | Postfix CPU ms/msg (issue) | relay tasks per message "
+        "| product CPU ms/msg | Postfix CPU ms/msg (issue) | messages per relay task "
         "| accepted by the SMTP worker msg/s | first message at the sink |"
     )
     rows = [head, "|" + "---|" * head.count(" | ") + "---|"]
@@ -965,11 +974,11 @@ def table(cells: list[Cell]) -> str:
         pf_ms = POSTFIX_CPU_MS.get(cell.size)
         runs = ", ".join(f"{r.rate:.0f}" for r in cell.runs)
         noisy = "*" if any(r.foreign > FOREIGN_LIMIT for r in cell.runs) else ""
-        tasks = statistics.median(r.tasks.get("relay_message", 0) / cell.count for r in cell.runs)
+        per_task = statistics.median(cell.count / max(1, relay_tasks(r)) for r in cell.runs)
         rows.append(
             f"| {cell.size // KB} KB | {cell.sessions} | {fmt_rate(rate)}{noisy} | {runs} "
             f"| {fmt_rate(ref)} | {fmt_ratio(rate, ref)} | {ms:.1f} "
-            f"| {'-' if pf_ms is None else f'{pf_ms:.1f}'} | {tasks:.2f} "
+            f"| {'-' if pf_ms is None else f'{pf_ms:.1f}'} | {per_task:.1f} "
             f"| {fmt_rate(cell.median('accept_rate'))} "
             f"| {cell.median('first_latency') * 1000:.0f} ms |"
         )
@@ -1103,6 +1112,9 @@ def main() -> int:
                 "CELERY_BROKER_URL": redis_url,
                 "MAILADMIN_MAILROOT": str(work / "mailroot"),
                 "MAILADMIN_DATA_DIR": str(work / "data"),
+                # The Celery worker must consume the delivery queue of the SMTP worker's
+                # node (delivery.bench), as make run gives both one node name.
+                "MAILADMIN_NODE": NODE,
                 "LOG_LEVEL": "WARNING",
             }
             (work / "data").mkdir()

@@ -115,10 +115,16 @@ TEMPLATES = [
     },
 ]
 
+_DATABASE_URL = envstr("DATABASE_URL", f"sqlite:///{MAILADMIN_DATA_DIR / 'mailadmin.sqlite3'}")
+# PostgreSQL starts a server process per connection: long-lived processes (Celery workers
+# run thousands of tasks) keep theirs for a minute, checked before reuse so a restarted
+# server costs one failed check, not a failed task.
+_POSTGRES = _DATABASE_URL.startswith(("postgres://", "postgresql://", "pgsql://"))
 DATABASES = {
     "default": dj_database_url.parse(
-        envstr("DATABASE_URL", f"sqlite:///{MAILADMIN_DATA_DIR / 'mailadmin.sqlite3'}"),
-        conn_max_age=envint("DATABASE_CONN_MAX_AGE", "0"),
+        _DATABASE_URL,
+        conn_max_age=envint("DATABASE_CONN_MAX_AGE", "60" if _POSTGRES else "0"),
+        conn_health_checks=_POSTGRES,
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":

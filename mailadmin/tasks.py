@@ -8,6 +8,8 @@ below the broker's visibility time-out; the spool and the database are the truth
 from __future__ import annotations
 
 import logging
+import os
+from collections import Counter
 
 import redis
 from celery import shared_task
@@ -15,13 +17,10 @@ from django.conf import settings
 
 from mailadmin.services import sweep as sweep_services
 from mailadmin.services.config import config_republish as _config_republish
-from mailadmin.services.delivery import message_deliver
-from mailadmin.services.queue import message_ingest
-from smtpworker.handoff import delivery_queue
+from mailadmin.services.delivery import messages_deliver
+from smtpworker.handoff import RELAY_BATCH_TASK, RELAY_TASK, delivery_queue
 
 log = logging.getLogger(__name__)
-
-RELAY_TASK = "mailadmin.relay_message"
 
 
 @shared_task(name="mailadmin.config_republish", ignore_result=True)
@@ -30,8 +29,23 @@ def config_republish() -> int:
     return _config_republish()
 
 
-# Inside the delivery lease: Celery stops a run before its message could be claimed again.
+# Inside the delivery lease: Celery stops a run before its messages could be claimed again
+# (a run also stops starting new messages when its lease runs short).
 _RELAY_LIMIT = max(10, settings.MAILADMIN_DELIVERY_LEASE_SECONDS - 15)
+
+
+@shared_task(
+    name=RELAY_BATCH_TASK,
+    ignore_result=True,
+    acks_late=True,
+    time_limit=_RELAY_LIMIT,
+    soft_time_limit=_RELAY_LIMIT - 5,
+)
+def relay_batch(server_name: str, queue_ids: list[str], node: str = "") -> dict[str, int]:
+    """Record the new ones among spooled messages (spooled by ``node``), then deliver
+    those that are due; how many ended which way."""
+    results = messages_deliver(server_name=server_name, queue_ids=queue_ids, node=node)
+    return dict(Counter(results.values()))
 
 
 @shared_task(
@@ -42,19 +56,16 @@ _RELAY_LIMIT = max(10, settings.MAILADMIN_DELIVERY_LEASE_SECONDS - 15)
     soft_time_limit=_RELAY_LIMIT - 5,
 )
 def relay_message(server_name: str, queue_id: str, node: str = "") -> str:
-    """Record a spooled message if new (spooled by ``node``), then deliver it if it is due."""
-    _forget_enqueued(queue_id)
-    if message_ingest(server_name=server_name, queue_id=queue_id, node=node) is None:
-        log.warning("%s: no spooled message %s", server_name, queue_id)
-        return "missing"
-    return message_deliver(queue_id)
+    """Record a spooled message if new (spooled by ``node``), then deliver it if it is due:
+    :func:`relay_batch` with one id."""
+    return messages_deliver(server_name=server_name, queue_ids=[queue_id], node=node)[queue_id]
 
 
 @shared_task(name="mailadmin.sweep", ignore_result=True)
 def sweep(spools: bool = False) -> dict[str, int]:
     """Re-issue what is due or abandoned; with ``spools``, also ask every node to look
     for unrecorded spool files (each on its own delivery queue, where its disk is)."""
-    result = sweep_services.sweep(enqueue=enqueue_relay)
+    result = sweep_services.sweep(enqueue=enqueue_relays)
     if spools:
         from mailadmin.selectors import worker_statuses
 
@@ -67,39 +78,60 @@ def sweep(spools: bool = False) -> dict[str, int]:
 
 @shared_task(name="mailadmin.sweep_spool", ignore_result=True)
 def sweep_spool(node: str) -> int:
-    """Record and enqueue the unrecorded spool files of ``node``, which is this worker's."""
+    """Enqueue the unrecorded spool files of ``node``, which is this worker's."""
     if node != settings.MAILADMIN_NODE:  # a misrouted task: this disk is not node's
         log.warning("spool sweep for node %s reached node %s", node, settings.MAILADMIN_NODE)
         return 0
-    return sweep_services.spool_orphans(node=node, enqueue=enqueue_relay)
+    return sweep_services.spool_orphans(node=node, enqueue=enqueue_relays)
 
 
-def _forget_enqueued(queue_id: str) -> None:
-    # The task is running: from now on a new one may be sent (a retry due soon, such as a
-    # message that found its next hop at its connection limit, must not wait out the key).
+# Relay tasks sent in the last minute, by queue id: the sweep runs every few seconds and
+# must not pile a second task onto one still waiting in the broker.
+_ENQUEUED_SECONDS = 60
+_redis_clients: dict[tuple[int, str], redis.Redis] = {}
+
+
+def _redis() -> redis.Redis:
+    key = (os.getpid(), settings.REDIS_URL)  # a forked process opens its own
+    client = _redis_clients.get(key)
+    if client is None:
+        client = _redis_clients[key] = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2)
+    return client
+
+
+def _not_enqueued(queue_ids: list[str]) -> list[str]:
+    """Those of the ids with no relay task sent in the last minute, now marked as sent."""
     try:
-        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2)
-        client.delete(f"mailadmin:enqueued:{queue_id}")
-        client.close()
+        pipe = _redis().pipeline(transaction=False)
+        for queue_id in queue_ids:
+            pipe.set(f"mailadmin:enqueued:{queue_id}", 1, nx=True, ex=_ENQUEUED_SECONDS)
+        fresh = pipe.execute()
     except redis.RedisError:
-        pass
+        return queue_ids  # Redis down: the send below will fail too and the sweep retries
+    return [q for q, new in zip(queue_ids, fresh, strict=True) if new]
 
 
 def enqueue_relay(server_name: str, queue_id: str, node: str = "") -> None:
     """Send a relay task to ``node``'s delivery queue unless one was sent for this message
     in the last minute."""
-    try:
-        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2)
-        fresh = client.set(f"mailadmin:enqueued:{queue_id}", 1, nx=True, ex=60)
-        client.close()
-    except redis.RedisError:
-        fresh = True  # Redis down: the send below will fail too and the sweep retries
-    if not fresh:
+    if not _not_enqueued([queue_id]):
         return
     try:
         relay_message.apply_async((server_name, queue_id, node), queue=delivery_queue(node))
     except Exception as exc:  # noqa: BLE001 - the sweep re-issues it
         log.warning("cannot enqueue %s: %s", queue_id, exc)
+
+
+def enqueue_relays(server_name: str, queue_ids: list[str], node: str = "") -> None:
+    """Send the ids without a relay task in the last minute to ``node``'s delivery queue,
+    as one batch task."""
+    fresh = _not_enqueued(queue_ids)
+    if not fresh:
+        return
+    try:
+        relay_batch.apply_async((server_name, fresh, node), queue=delivery_queue(node))
+    except Exception as exc:  # noqa: BLE001 - the sweep re-issues them
+        log.warning("cannot enqueue %d message(s) (%s...): %s", len(fresh), fresh[0], exc)
 
 
 @shared_task(name="mailadmin.traffic_collect", ignore_result=True)
@@ -111,11 +143,8 @@ def traffic_collect() -> int:
     from mailadmin.services.traffic import traffic_collect as collect
 
     key = "mailadmin:traffic:last"
-    client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2)
-    try:
-        previous = json.loads(client.get(key) or b"{}")
-        remembered = collect([s for s in worker_statuses() if not s["stale"]], previous)
-        client.set(key, json.dumps(remembered))
-    finally:
-        client.close()
+    client = _redis()
+    previous = json.loads(client.get(key) or b"{}")
+    remembered = collect([s for s in worker_statuses() if not s["stale"]], previous)
+    client.set(key, json.dumps(remembered))
     return len(remembered)

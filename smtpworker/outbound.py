@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from smtpworker import credentials
@@ -50,7 +50,6 @@ log = logging.getLogger(__name__)
 
 TlsContextFactory = Callable[[Target], ssl.SSLContext]  # called per STARTTLS
 _LINE_END = re.compile(rb"\r\n|\r|\n")
-_LEADING_DOT = re.compile(rb"^\.", re.MULTILINE)
 _UNSAFE_IN_ADDRESS = re.compile(r"[\r\n\0<>]")
 _MAX_SASL_ROUNDS = 5
 _MAX_SCRAM_ITERATIONS = 1_000_000  # a hostile server must not make us hash for minutes
@@ -80,11 +79,15 @@ class TransactionResult:
     """The outcome per recipient, in the order given. ``connect_error`` is set when the
     session failed (no connection, time-out, dropped connection, TLS or AUTH failure):
     then every recipient not already refused at RCPT has a 4xx result with that text,
-    and the caller may try the next host. ``host`` reads ``name[address]:port``."""
+    and the caller may try the next host. ``unreachable`` says the session could not even
+    be opened (connection, greeting, TLS or AUTH failed), so another transaction to the
+    host now would fail the same way; a session lost during a transaction is not that.
+    ``host`` reads ``name[address]:port``."""
 
     host: str
     results: tuple[RecipientResult, ...]
     connect_error: str | None = None
+    unreachable: bool = False
 
 
 class SessionError(Exception):
@@ -100,6 +103,11 @@ class _TlsFailed(SessionError):
     """The TLS handshake failed; in opportunistic mode the session is retried in clear."""
 
 
+class _StaleSession(Exception):
+    """A reused session failed its RSET: the server had closed it. Nothing of the
+    transaction was taken, so it may go again on a new session."""
+
+
 class PoolExhausted(SessionError):
     """Every allowed connection to the host is in use and none came back in time."""
 
@@ -108,10 +116,18 @@ def to_wire(data: bytes) -> bytes:
     """``data`` as sent after DATA: CRLF line ends (a bare CR or LF becomes CRLF, so none
     reaches the wire), lines starting with "." doubled (RFC 5321 4.5.2), ending with
     CRLF "." CRLF."""
-    text = _LINE_END.sub(b"\r\n", data)
+    crlf = data.count(b"\r\n")
+    if data.count(b"\r") == crlf == data.count(b"\n"):
+        text = data  # every line end is already CRLF (what the SMTP worker spools)
+    else:
+        text = _LINE_END.sub(b"\r\n", data)
     if text and not text.endswith(b"\r\n"):
         text += b"\r\n"
-    return _LEADING_DOT.sub(b"..", text) + b".\r\n"
+    # Every line now ends in CRLF, so a line starts at the very beginning or after one:
+    # bytes.replace does what a multi-line regex would, at a tenth of its cost.
+    if text.startswith(b"."):
+        text = b"." + text
+    return text.replace(b"\r\n.", b"\r\n..") + b".\r\n"
 
 
 _UNVERIFIED: ssl.SSLContext | None = None
@@ -304,7 +320,9 @@ class Connection:
         """One transaction: MAIL, RCPT for each recipient, DATA if any was accepted.
 
         Opens the session if needed; on a reused session sends RSET first, and reopens it
-        once if the server had closed it meanwhile. ``data`` is normalised by
+        once if the server had closed it meanwhile. With a server that offers PIPELINING
+        (RFC 2920), RSET, MAIL, the RCPTs and DATA go as one command group, so a message
+        costs two round trips instead of four or more. ``data`` is normalised by
         :func:`to_wire`. BODY=8BITMIME is declared for 8-bit data when offered;
         SMTPUTF8 when an address is non-ASCII or ``smtputf8`` is set, and offered. A
         non-ASCII address to a server without SMTPUTF8 is refused with 553 5.6.7.
@@ -312,13 +330,19 @@ class Connection:
         """
         if not recipients:
             return TransactionResult(self.peer, ())
-        try:
-            self._ready()
-        except SessionError as exc:
-            return self._failed(recipients, [None] * len(recipients), exc)
         verdicts: list[RecipientResult | None] = [None] * len(recipients)
         try:
-            self._transaction(sender, recipients, data, smtputf8, verdicts)
+            self._ready()
+            try:
+                self._transaction(sender, recipients, data, smtputf8, verdicts)
+            except _StaleSession:  # nothing of the transaction was taken: start afresh
+                self._drop()
+                self.open()
+                verdicts[:] = [None] * len(recipients)
+                self._transaction(sender, recipients, data, smtputf8, verdicts)
+        except SessionError as exc:  # the session could not be (re)opened
+            failed = self._failed(recipients, [None] * len(recipients), exc)
+            return replace(failed, unreachable=True)
         except (OSError, smtplib.SMTPException) as exc:
             error = self._lost(exc)
             self._drop()
@@ -331,8 +355,8 @@ class Connection:
         if self._smtp is None:
             self.open()
             return
-        if self.transactions == 0:
-            return
+        if self.transactions == 0 or self._smtp.has_extn("pipelining"):
+            return  # nothing to reset, or the RSET goes with the next command group
         try:
             code, _reply = self._smtp.docmd("RSET")
         except (OSError, smtplib.SMTPException):
@@ -358,6 +382,9 @@ class Connection:
         if problem is not None:
             verdicts[:] = [RecipientResult(r, *problem) for r in recipients]
             return
+        if smtp.has_extn("pipelining"):
+            self._pipelined(smtp, f"FROM:<{sender}>{options}", recipients, payload, verdicts)
+            return
         self.transactions += 1
         self._stage = "sending MAIL FROM"
         code, reply = smtp.docmd("MAIL", f"FROM:<{sender}>{options}")
@@ -371,6 +398,89 @@ class Connection:
         self._stage = "sending DATA"
         code, reply = smtp.docmd("DATA")
         if code == 354:
+            self._stage = "sending the message"
+            smtp.send(payload)
+            self._stage = "waiting for the reply to the message"
+            code, reply = smtp.getreply()
+        self._closing = code == 421
+        for index in accepted:
+            verdicts[index] = RecipientResult(recipients[index], code, _text(reply))
+
+    def _pipelined(
+        self,
+        smtp: _Client,
+        mail: str,
+        recipients: Sequence[str],
+        payload: bytes,
+        verdicts: list[RecipientResult | None],
+    ) -> None:
+        """RFC 2920: [RSET,] MAIL, every RCPT and DATA in one write, then the replies in
+        order; the message follows a 354 if any recipient was accepted. A failed RSET
+        (the reused session was closed by the server) raises _StaleSession."""
+        reset = self.transactions > 0
+        self.transactions += 1
+        sent = [i for i, r in enumerate(recipients) if not _UNSAFE_IN_ADDRESS.search(r)]
+        for index in set(range(len(recipients))) - set(sent):
+            verdicts[index] = RecipientResult(
+                recipients[index], 553, "5.1.3 The address has characters SMTP cannot carry"
+            )
+        if not sent:
+            return
+        group = ["RSET\r\n"] if reset else []
+        group += [f"MAIL {mail}\r\n", *(f"RCPT TO:<{recipients[i]}>\r\n" for i in sent)]
+        group.append("DATA\r\n")
+        if reset:
+            self._stage = "resetting the session"
+            try:
+                smtp.send("".join(group))
+                code, _reply = smtp.getreply()
+            except (OSError, smtplib.SMTPException) as exc:
+                raise _StaleSession() from exc
+            if code != 250:
+                raise _StaleSession()
+        else:
+            self._stage = "sending MAIL FROM"
+            smtp.send("".join(group))
+        self._pipelined_replies(smtp, recipients, sent, payload, verdicts)
+
+    def _pipelined_replies(
+        self,
+        smtp: _Client,
+        recipients: Sequence[str],
+        sent: list[int],
+        payload: bytes,
+        verdicts: list[RecipientResult | None],
+    ) -> None:
+        self._stage = "waiting for the reply to MAIL FROM"
+        code, reply = smtp.getreply()
+        mail_failed = code != 250
+        if mail_failed:  # every recipient gets the MAIL reply, as in lockstep
+            for index in sent:
+                verdicts[index] = RecipientResult(recipients[index], code, _text(reply))
+        if code == 421:
+            self._closing = True  # the server goes away: read no further
+            return
+        accepted: list[int] = []
+        self._stage = "waiting for the replies to RCPT TO"
+        for position, index in enumerate(sent):
+            code, reply = smtp.getreply()
+            if not mail_failed:
+                verdicts[index] = RecipientResult(recipients[index], code, _text(reply))
+            if 200 <= code < 300 and not mail_failed:
+                accepted.append(index)
+            elif code == 421:  # the server is going away: the rest wait for next time
+                self._closing = True
+                for rest in sent[position + 1 :]:
+                    verdicts[rest] = RecipientResult(recipients[rest], code, _text(reply))
+                return
+        self._stage = "waiting for the reply to DATA"
+        code, reply = smtp.getreply()
+        if code == 354:
+            if not accepted:  # RFC 2920 3.1: DATA taken with no recipient: end it empty
+                self._stage = "ending an empty message"
+                smtp.send(b".\r\n")
+                smtp.getreply()
+                return
             self._stage = "sending the message"
             smtp.send(payload)
             self._stage = "waiting for the reply to the message"

@@ -8,6 +8,7 @@ system resolver). Neither imports Django; both are safe to call from Celery task
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 from collections.abc import Sequence
@@ -22,7 +23,7 @@ import dns.resolver
 from dns.rdtypes.ANY.MX import MX
 
 from smtpworker.config import DomainConfig, OutboundSecurity, ServerConfig
-from smtpworker.grammar import domain_matches, parse_dns_server, parse_smart_host
+from smtpworker.grammar import SmartHost, domain_matches, parse_dns_server, parse_smart_host
 
 __all__ = [
     "Hop",
@@ -146,8 +147,14 @@ def remote_domain_for(cfg: ServerConfig, domain: str) -> DomainConfig | None:
     return None
 
 
+@functools.lru_cache(maxsize=1024)
+def _smart_host(text: str) -> SmartHost:
+    # Every recipient routed parses one of a few smart hosts again: parse each once.
+    return parse_smart_host(text)
+
+
 def _smart_host_hop(text: str, security: OutboundSecurity, use_helo: bool, port: int) -> Hop:
-    smart = parse_smart_host(text)
+    smart = _smart_host(text)
     return Hop("smarthost", str(smart), security, use_helo, smart.port or port)
 
 
@@ -174,7 +181,7 @@ def resolve(
         raise ValueError("a local hop is delivered to Drop/, not resolved")
     name = hop.name
     if hop.kind == "smarthost":
-        smart = parse_smart_host(hop.name)
+        smart = _smart_host(hop.name)
         if smart.literal:
             return [Target(smart.host, smart.host, hop.port, 0)]
         name = smart.host

@@ -297,17 +297,23 @@ class Spool:
         return Path(self._path(queue_id, ".eml"))
 
     def remove(self, queue_id: str) -> None:
-        """Delete a message durably; removing a missing message is not an error.
+        """Delete a message; removing a missing message is not an error.
 
         The .env goes first, so a crash midway leaves an orphan .eml for :meth:`recover`,
         never a committed message without its data.
+
+        Not durable on purpose: the directory is not fsync'd. Callers remove a message
+        only after its end is recorded elsewhere (the delivery database), so a removal
+        that a power cut undoes brings back a message that record already knows as
+        finished; the delivery side's spool sweep skips such a file and deletes it. An
+        fsync here would cost every delivered message a journal commit to protect
+        nothing.
         """
         for suffix in (".env", ".eml"):
             try:
                 os.unlink(self._path(queue_id, suffix))
             except FileNotFoundError:
                 pass
-        _fsync_dir(self.directory)
 
     def recover(self, *, older_than: float = 3600, now: float | None = None) -> list[str]:
         """Delete leftovers of interrupted stores and removes; return their relative paths.

@@ -1,293 +1,282 @@
-"""One delivery run of one message: route, send, record, then retry, notify or finish.
+"""Delivery runs: route, send, record, then retry, notify or finish.
+
+A run takes a batch of queue ids of one node (the SMTP worker's hand-off sends a few ms
+of its messages at once; the sweep and the operator's actions send due messages). It
+records the new ones already claimed, straight from the spool (one pass from the spool to
+the wire), claims the known ones that are due, sends each next hop's messages one after
+another over one pooled connection, and writes the ends of the delivered ones together.
 
 Per recipient, at least once and idempotent: a recipient is marked delivered in the
-database as soon as its 2xx arrives and is never sent again. The only window left is a
-worker killed after the downstream's 250 and before that write: the recipient is then
-sent once more on the next run (no relay can close that window).
+database as soon as its 2xx arrives (one UPDATE, before the next message is sent) and is
+never sent again. The only window left is a worker killed after the downstream's 250 and
+before that write: that one message's recipients are sent once more on the next run (no
+relay can close that window). A run that fails or is stopped gives the messages it still
+holds back for a retry a minute later; one that dies outright leaves them to the sweep
+once its lease has run out.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Sequence
 from datetime import timedelta
-from pathlib import Path
 
-from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from mailadmin.models import Attempt, Message, MessageState, Recipient, RecipientState
 from mailadmin.services import reports
 from mailadmin.services.queue import (
-    current_config,
     delivery_minutes,
-    message_claim,
-    server_home,
-    spool_for,
-    suspended_hops,
+    message_recipients,
+    message_record,
+    messages_claim,
 )
-from mailadmin.services.secrets import secret_open
-from mailadmin.services.slots import NoSlot, outbound_slots
-from smtpworker import outbound, routing
-from smtpworker.config import ServerConfig
-from smtpworker.spool import MessageNotFound
+from mailadmin.services.sending import Job, Run, deliver
+from mailadmin.services.traffic import traffic_add_counts
+from smtpworker.spool import Envelope, MessageNotFound, Spool
 
 log = logging.getLogger(__name__)
 
-# A full next hop (outbound limits) is tried again this soon, without counting an attempt.
-BUSY_RETRY_SECONDS = 5.0
 
+def messages_deliver(
+    *, server_name: str, queue_ids: Sequence[str], node: str = ""
+) -> dict[str, str]:
+    """Record the new ones among ``queue_ids`` (spooled by ``node`` for ``server_name``)
+    and deliver every one that is due; returns what happened to each id: delivered,
+    bounced, retry, not due (finished, held by another run, or not yet due), missing (no
+    such spool file), damaged (an unreadable one) or no server.
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    code: int
-    reply: str
-    host: str
+    Safe to run twice, and concurrently with another run of the same ids: each message
+    is delivered by the one run that claimed it."""
+    run = Run(node)
+    results: dict[str, str] = {}
+    jobs = _take(run, server_name, list(dict.fromkeys(queue_ids)), results)
+    try:
+        if jobs:
+            deliver(run, jobs)
+        _conclude(run, jobs, results)
+    except Exception as exc:
+        # Celery logs the traceback with the task; this line carries the queue ids.
+        held = [job.message.queue_id for job in jobs]
+        log.warning("delivery run for %s failed: %r", ", ".join(held[:10]), exc)
+        _give_back(run, jobs)
+        raise
+    return results
 
 
 def message_deliver(queue_id: str) -> str:
-    """Run delivery for one message if it is due; returns what happened (for logs/tests)."""
-    message = message_claim(queue_id)
-    if message is None:
+    """Run delivery for one recorded message if it is due (see :func:`messages_deliver`)."""
+    row = Message.objects.filter(queue_id=queue_id).values_list("server_name", "node")[:1]
+    if not row:
         return "not due"
-    context = {"queue_id": queue_id, "server": message.server_name}
-    log.info("delivery run for %s (%d deferred so far)", queue_id, message.attempts, extra=context)
+    server_name, node = row[0]
+    return messages_deliver(server_name=server_name, queue_ids=[queue_id], node=node)[queue_id]
+
+
+# --- taking the batch: record the new, claim the known -------------------------------------
+
+
+def _take(run: Run, server_name: str, queue_ids: list[str], results: dict[str, str]) -> list[Job]:
+    known = set(
+        Message.objects.filter(queue_id__in=queue_ids).order_by().values_list("queue_id", flat=True)
+    )
+    jobs: list[Job] = []
+    fresh = [q for q in queue_ids if q not in known]
+    if fresh:
+        recorded, raced = _record_new(run, server_name, fresh, results)
+        jobs += recorded
+        known.update(raced)
+    if known:
+        jobs += _claim(run, [q for q in queue_ids if q in known], results)
+    return jobs
+
+
+def _record_new(
+    run: Run, server_name: str, queue_ids: list[str], results: dict[str, str]
+) -> tuple[list[Job], list[str]]:
+    """Record spooled messages the database does not know, claimed by this run; returns
+    their jobs, or, when another run recorded one of them meanwhile, no job and the ids
+    to claim the ordinary way."""
+    loaded = _load(run.spool(server_name), queue_ids, results)
+    if not loaded:
+        return [], []
+    cfg, server_id = run.config(server_name)
+    jobs = []
+    for envelope, data in loaded:
+        message = message_record(
+            envelope, data, cfg, server_id, node=run.node, lease_until=run.lease
+        )
+        jobs.append(Job(message, message_recipients(message, envelope, cfg), envelope, data))
     try:
-        outcome = _run(message)
-        log.info("%s: %s", queue_id, outcome, extra={**context, "outcome": outcome})
-        return outcome
-    except Exception as exc:
-        # Celery logs the traceback with the task; this line carries the queue id.
-        log.warning("delivery run for %s failed: %r", queue_id, exc, extra=context)
-        # Give the message back (due again soon) rather than wait for the lease to end.
-        Message.objects.filter(pk=message.pk, state=MessageState.ACTIVE).update(
+        with transaction.atomic():
+            Message.objects.bulk_create([job.message for job in jobs])
+            Recipient.objects.bulk_create([r for job in jobs for r in job.recipients])
+    except IntegrityError:
+        return [], [envelope.queue_id for envelope, _ in loaded]
+    run.counts[server_name]["accepted"] += len(jobs)
+    return jobs, []
+
+
+def _load(
+    spool: Spool, queue_ids: list[str], results: dict[str, str]
+) -> list[tuple[Envelope, bytes]]:
+    loaded = []
+    for queue_id in queue_ids:
+        try:
+            loaded.append(spool.load(queue_id))
+        except MessageNotFound:
+            log.warning("%s: no spooled message %s", spool.directory, queue_id)
+            results[queue_id] = "missing"
+        except ValueError as exc:  # left in the spool for an operator to look at
+            log.error("%s: cannot read spooled message %s: %s", spool.directory, queue_id, exc)
+            results[queue_id] = "damaged"
+    return loaded
+
+
+def _claim(run: Run, queue_ids: list[str], results: dict[str, str]) -> list[Job]:
+    messages = messages_claim(queue_ids, lease=run.lease, now=run.now)
+    claimed = {m.queue_id for m in messages}
+    for queue_id in queue_ids:
+        if queue_id not in claimed:
+            results[queue_id] = "not due"
+    if not messages:
+        return []
+    recipients: dict[int, list[Recipient]] = defaultdict(list)
+    for recipient in Recipient.objects.filter(message__in=messages).order_by("id"):
+        recipients[recipient.message_id].append(recipient)
+    jobs = []
+    for message in messages:
+        for recipient in recipients[message.pk]:
+            recipient.message = message  # no query when conclude reads it
+        job = _claim_job(run, message, recipients[message.pk], results)
+        if job is not None:
+            jobs.append(job)
+    return jobs
+
+
+def _claim_job(
+    run: Run, message: Message, recipients: list[Recipient], results: dict[str, str]
+) -> Job | None:
+    try:
+        envelope, data = run.spool(message.server_name).load(message.queue_id)
+    except MessageNotFound:
+        reports.finish(message, MessageState.DELETED, "spool file missing: lost outside the queue")
+        results[message.queue_id] = "missing"
+        return None
+    except ValueError as exc:
+        log.error("%s: cannot read its spool files: %s", message.queue_id, exc)
+        _reschedule(message, f"its spool files cannot be read: {exc}", delivery_minutes(1))
+        results[message.queue_id] = "damaged"
+        return None
+    return Job(message, recipients, envelope, data)
+
+
+# --- the end of the run ----------------------------------------------------------------------
+
+
+def _conclude(run: Run, jobs: list[Job], results: dict[str, str]) -> None:
+    """End the run in one transaction: the attempt log, the messages whose every recipient
+    is delivered (one UPDATE), the traffic counters. Then decide each of the others
+    (retry, delay notice, NDR, expiry) on its own: the attempt rows are written first,
+    so they come before any report those decisions spool."""
+    delivered: list[Job] = []
+    others: list[Job] = []
+    for job in jobs:
+        if run.config(job.message.server_name)[0] is None:
+            others.append(job)
+        elif all(r.state == RecipientState.DELIVERED for r in job.recipients):
+            delivered.append(job)
+            results[job.message.queue_id] = "delivered"
+        else:
+            others.append(job)
+    if delivered or run.attempts or any(run.counts.values()):
+        with transaction.atomic():
+            if delivered:
+                Message.objects.filter(pk__in=[job.message.pk for job in delivered]).update(
+                    state=MessageState.DELIVERED,
+                    finished_at=timezone.now(),
+                    lease_until=None,
+                    last_error="",
+                )
+                for job in delivered:
+                    run.counts[job.message.server_name]["delivered"] += 1
+                finished = [
+                    (run.spool(j.message.server_name), j.message.queue_id) for j in delivered
+                ]
+                transaction.on_commit(lambda: _remove(finished))
+            _write_log_and_counts(run)
+    for job in others:
+        results[job.message.queue_id] = _conclude_one(run, job)
+    if any(run.counts.values()):
+        _write_log_and_counts(run)
+    for job in jobs:
+        outcome = results[job.message.queue_id]
+        log.info(
+            "%s: %s",
+            job.message.queue_id,
+            outcome,
+            extra={
+                "queue_id": job.message.queue_id,
+                "server": job.message.server_name,
+                "outcome": outcome,
+            },
+        )
+
+
+def _conclude_one(run: Run, job: Job) -> str:
+    message = job.message
+    cfg = run.config(message.server_name)[0]
+    if cfg is None:
+        _reschedule(
+            message,
+            "its virtual server no longer exists; delete it or recreate the server",
+            delivery_minutes(15),
+        )
+        return "no server"
+    counts = run.counts[message.server_name]
+    return reports.conclude(message, cfg, job.data, job.recipients, busy=job.busy, counts=counts)
+
+
+def _remove(finished: list[tuple[Spool, str]]) -> None:
+    for spool, queue_id in finished:
+        spool.remove(queue_id)
+
+
+def _write_log_and_counts(run: Run) -> None:
+    # Attempt rows are a log, written once per run when its sending is over: they carry
+    # that moment as their time. A run killed before this loses its log rows, never an
+    # outcome: each recipient row has its own last reply, host and time.
+    if run.attempts:
+        Attempt.objects.bulk_create(run.attempts)
+        run.attempts = []
+    for server_name, counts in run.counts.items():
+        traffic_add_counts(server_name, counts)
+    run.counts.clear()
+
+
+def _give_back(run: Run, jobs: list[Job]) -> None:
+    """After a failed run: make the messages it still holds due again in a minute, rather
+    than wait for the lease to end, and keep what it learnt for the log and the charts."""
+    held = [job.message.pk for job in jobs]
+    try:
+        Message.objects.filter(
+            pk__in=held, state=MessageState.ACTIVE, lease_until=run.lease
+        ).update(
             state=MessageState.RETRY,
             next_attempt_at=timezone.now() + delivery_minutes(1),
             lease_until=None,
         )
-        raise
+        _write_log_and_counts(run)
+    except Exception as exc:  # noqa: BLE001 - the lease still ends; the sweep takes over
+        log.warning("could not give back %d message(s): %r", len(held), exc)
 
 
-def _run(message: Message) -> str:
-    try:
-        envelope, data = spool_for(message.server_name).load(message.queue_id)
-    except MessageNotFound:
-        reports.finish(message, MessageState.DELETED, "spool file missing: lost outside the queue")
-        return "missing"
-    cfg = current_config(message.server_name)
-    if cfg is None:
-        _reschedule(
-            message, "its virtual server no longer exists; delete it or recreate the server"
-        )
-        return "no server"
-    suspended = suspended_hops()
-    groups: dict[routing.Hop, list[Recipient]] = defaultdict(list)
-    for recipient in message.recipients.filter(state=RecipientState.PENDING):
-        hop = routing.route(cfg, recipient.domain)
-        if recipient.next_hop != hop.name or recipient.hop_kind != hop.kind:
-            recipient.next_hop, recipient.hop_kind = hop.name, hop.kind
-            recipient.save(update_fields=["next_hop", "hop_kind"])
-        groups[hop].append(recipient)
-    busy = False
-    for hop, recipients in groups.items():
-        if hop.name in suspended:
-            continue
-        if _lease_running_out(message):
-            busy = True  # leave the rest to the next run rather than outlive the lease
-            break
-        try:
-            _deliver_hop(message, cfg, hop, recipients, envelope.sender, data)
-        except NoSlot as exc:
-            log.info(
-                "%s: %s",
-                message.queue_id,
-                exc,
-                extra={"queue_id": message.queue_id, "server": message.server_name},
-            )
-            busy = True
-    return reports.conclude(message, cfg, data, busy=busy)
-
-
-def _lease_running_out(message: Message) -> bool:
-    margin = timedelta(seconds=min(30, settings.MAILADMIN_DELIVERY_LEASE_SECONDS / 3))
-    return message.lease_until is not None and timezone.now() + margin > message.lease_until
-
-
-def _deliver_hop(
-    message: Message,
-    cfg: ServerConfig,
-    hop: routing.Hop,
-    recipients: list[Recipient],
-    sender: str,
-    data: bytes,
-) -> None:
-    if hop.kind == "local":
-        _drop(message, cfg, recipients, sender, data)
-        return
-    outcomes = _send_remote(
-        cfg, hop, [r.address for r in recipients], _masquerade(cfg, sender), data
-    )
-    _record(message, hop, recipients, outcomes)
-
-
-def _masquerade(cfg: ServerConfig, sender: str) -> str:
-    domain = cfg.delivery.masquerade_domain
-    if not domain or not sender:
-        return sender
-    return f"{sender.rpartition('@')[0]}@{domain}"
-
-
-def _send_remote(
-    cfg: ServerConfig, hop: routing.Hop, addresses: list[str], sender: str, data: bytes
-) -> dict[str, Outcome]:
-    """Try the hop's targets in order until one answers; per-recipient outcomes."""
-    timeout = min(cfg.delivery.outbound.timeout, settings.MAILADMIN_OUTBOUND_TIMEOUT_CAP)
-    try:
-        targets = routing.resolve(hop, dns_servers=cfg.delivery.dns_servers, timeout=timeout)
-    except routing.RouteError as exc:
-        if hop.fallback is not None and not isinstance(exc, routing.NullMX):
-            # "Attempt direct delivery before sending to smart host": DNS failed, so the
-            # smart host takes it (a null MX is the domain refusing mail: no fallback).
-            return _send_remote(cfg, hop.fallback, addresses, sender, data)
-        return _all(addresses, exc.code, f"{exc.enhanced} {exc}", "")
-    if not targets and hop.fallback is not None:
-        return _send_remote(cfg, hop.fallback, addresses, sender, data)
-    limits = [
-        (f"total:{cfg.name}", cfg.delivery.outbound.connection_limit),
-        (f"domain:{hop.name}", cfg.delivery.outbound.per_domain_limit),
-    ]
-    last: dict[str, Outcome] = {}
-    with outbound_slots(limits, ttl=timeout * 3 + 30):
-        for target in targets:
-            result = _transaction(cfg, hop, target, sender, addresses, data, timeout)
-            last = {r.recipient: Outcome(r.code, r.reply, result.host) for r in result.results}
-            if result.connect_error is None:
-                return last
-    if hop.fallback is not None:
-        return _send_remote(cfg, hop.fallback, addresses, sender, data)
-    return last or _all(addresses, 451, "4.4.1 No answer from any host of the next hop", "")
-
-
-def _transaction(
-    cfg: ServerConfig,
-    hop: routing.Hop,
-    target: routing.Target,
-    sender: str,
-    addresses: list[str],
-    data: bytes,
-    timeout: float,
-) -> outbound.TransactionResult:
-    security = hop.security
-    password = secret_open(security.password) if security.password else ""
-    return outbound.POOL.send(
-        target,
-        helo_name=cfg.fqdn or settings.MAILADMIN_HOSTNAME,
-        use_helo=hop.use_helo,
-        security=security,
-        password=password,
-        timeout=timeout,
-        sender=sender,
-        recipients=addresses,
-        data=data,
-    )
-
-
-def _all(addresses: list[str], code: int, reply: str, host: str) -> dict[str, Outcome]:
-    return {a: Outcome(code, reply, host) for a in addresses}
-
-
-def _record(
-    message: Message, hop: routing.Hop, recipients: list[Recipient], outcomes: dict[str, Outcome]
-) -> None:
-    """Write each recipient's outcome at once: a 2xx is never sent again."""
-    now = timezone.now()
-    by_reply: dict[tuple[int, str, str], list[str]] = defaultdict(list)
-    with transaction.atomic():
-        for recipient in recipients:
-            outcome = outcomes.get(recipient.address) or Outcome(451, "4.4.0 no result", "")
-            recipient.attempts += 1
-            recipient.last_code, recipient.last_reply, recipient.last_host = (
-                outcome.code,
-                outcome.reply,
-                outcome.host,
-            )
-            if 200 <= outcome.code < 300:
-                recipient.state, recipient.done_at = RecipientState.DELIVERED, now
-            elif outcome.code >= 500:
-                recipient.state, recipient.done_at = RecipientState.FAILED, now
-            recipient.save()
-            by_reply[(outcome.code, outcome.reply, outcome.host)].append(recipient.address)
-        for (code, reply, host), addresses in by_reply.items():
-            Attempt.objects.create(
-                message=message,
-                next_hop=hop.name,
-                host=host,
-                recipients=", ".join(addresses),
-                code=code,
-                reply=reply[:2000],
-            )
-            log.info(
-                "%s: %s via %s: %s %s",
-                message.queue_id,
-                ", ".join(addresses),
-                host or hop.name,
-                code,
-                reply,
-                extra={
-                    "queue_id": message.queue_id,
-                    "server": message.server_name,
-                    "next_hop": hop.name,
-                    "host": host,
-                    "code": code,
-                    "recipients": addresses,
-                },
-            )
-        failing = [o for o in outcomes.values() if 400 <= o.code < 500]
-        if failing:
-            Message.objects.filter(pk=message.pk).update(last_error=failing[0].reply[:2000])
-
-
-def _drop(
-    message: Message, cfg: ServerConfig, recipients: list[Recipient], sender: str, data: bytes
-) -> None:
-    """Local domains: IIS writes each message to Drop/ with x-sender/x-receiver lines."""
-    drop = server_home(message.server_name) / "Drop"
-    drop.mkdir(parents=True, exist_ok=True)
-    lines = [f"x-sender: {sender}"] + [f"x-receiver: {r.address}" for r in recipients]
-    content = ("\r\n".join(lines) + "\r\n").encode() + data
-    _write_durably(drop / f"{message.queue_id}.eml", content)
-    _record(
-        message,
-        routing.Hop("local", recipients[0].domain, cfg.delivery.outbound.security, False, 0),
-        recipients,
-        _all([r.address for r in recipients], 250, "2.0.0 Written to the Drop directory", "Drop"),
-    )
-
-
-def _write_durably(path: Path, content: bytes) -> None:
-    # A replayed run (crash after the write, before the record) overwrites the same name.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-    try:
-        os.write(fd, content)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def _reschedule(message: Message, reason: str) -> None:
+def _reschedule(message: Message, reason: str, wait: timedelta) -> None:
     Message.objects.filter(pk=message.pk).update(
         state=MessageState.RETRY,
         lease_until=None,
         last_error=reason,
-        next_attempt_at=timezone.now() + delivery_minutes(15),
+        next_attempt_at=timezone.now() + wait,
     )

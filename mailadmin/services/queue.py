@@ -1,10 +1,10 @@
 """The queue's record: taking spooled messages in, claiming them, operator actions.
 
 The spool (written by the SMTP worker) holds each message; :func:`message_ingest` records
-it once (idempotent on the queue id) with one row per recipient. A delivery run first
-claims the message with a lease (:func:`message_claim`), so two tasks never deliver the
-same message at once and a worker that dies mid-run gives the message back when its
-lease runs out.
+it once (idempotent on the queue id) with one row per recipient; a delivery run records
+the new messages of its batch itself, already claimed. A delivery run holds each message
+with a lease (:func:`messages_claim`), so two tasks never deliver the same message at
+once and a worker that dies mid-run gives the message back when its lease runs out.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import email.parser
 import email.policy
 import logging
+import secrets
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -45,9 +46,10 @@ def delivery_minutes(count: float) -> timedelta:
     return timedelta(seconds=count * settings.MAILADMIN_DELIVERY_MINUTE)
 
 
-def server_home(server_name: str) -> Path:
-    """A server's home directory: as configured, else <mailroot>/<name> (as the worker)."""
-    cfg = current_config(server_name)
+def server_home(server_name: str, cfg: ServerConfig | None = None) -> Path:
+    """A server's home directory: as configured, else <mailroot>/<name> (as the worker).
+    ``cfg`` is its configuration when the caller holds it already (else it is read)."""
+    cfg = cfg or current_config(server_name)
     if cfg is not None and cfg.home_directory:
         return Path(cfg.home_directory)
     return Path(settings.MAILADMIN_MAILROOT) / server_name
@@ -57,66 +59,94 @@ def spool_for(server_name: str) -> Spool:
     return Spool(server_home(server_name) / "Queue")
 
 
-# Built configs by (server, version, digest): a delivery run needs its server's config
-# several times (routing, home directory, reports) and the version changes on every
-# configuration commit; the digest guards against a version number reused by a reset
-# database (tests).
-_CONFIGS: dict[tuple[str, int, str], ServerConfig | None] = {}
+# Built configs and server ids by (server, version, digest): a delivery run needs its
+# server's config several times (routing, home directory, reports) and the version changes
+# on every configuration commit; the digest guards against a version number reused by a
+# reset database (tests).
+_CONFIGS: dict[tuple[str, int, str], tuple[ServerConfig | None, int | None]] = {}
 
 
-def current_config(server_name: str) -> ServerConfig | None:
-    """The server's configuration as the workers run it now (None: no such server)."""
-    latest = ConfigSnapshot.objects.order_by("-id").values_list("id", "digest").first()
-    key = (server_name, *(latest or (0, "")))
+def current_server(server_name: str) -> tuple[ServerConfig | None, int | None]:
+    """The server's configuration as the workers run it now, and its row's id (None,
+    None: no such server). One small query while the configuration is unchanged."""
+    latest = ConfigSnapshot.objects.order_by("-id").values_list("id", "digest")[:1]
+    key = (server_name, *(latest[0] if latest else (0, "")))
     if key not in _CONFIGS:
         if len(_CONFIGS) > 1000:
             _CONFIGS.clear()
         server = (
             VirtualServer.objects.filter(name=server_name)
             .prefetch_related("bindings", "access_entries", "domains")
-            .first()
+            .order_by()[:1]
         )
-        _CONFIGS[key] = server_config(server) if server else None
+        _CONFIGS[key] = (server_config(server[0]), server[0].pk) if server else (None, None)
     return _CONFIGS[key]
+
+
+def current_config(server_name: str) -> ServerConfig | None:
+    """The server's configuration as the workers run it now (None: no such server)."""
+    return current_server(server_name)[0]
 
 
 def _subject(data: bytes) -> str:
     parser = email.parser.BytesHeaderParser(policy=email.policy.default)
+    # Only the header section: the parser would otherwise split the whole body into lines.
+    end = data.find(b"\r\n\r\n")
+    bare = data.find(b"\n\n", 0, len(data) if end < 0 else end)
+    end = bare if bare >= 0 else end
+    headers = data if end < 0 else data[: end + 2]
     try:
-        return str(parser.parsebytes(data).get("Subject", ""))[:255]
+        return str(parser.parsebytes(headers).get("Subject", ""))[:255]
     except Exception:  # noqa: BLE001 - a broken header must not stop the queue
         return ""
+
+
+def _by_queue_id(queue_id: str) -> Message | None:
+    # order_by(): the model's default ordering would only slow a unique lookup down.
+    found = Message.objects.filter(queue_id=queue_id).order_by()[:1]
+    return found[0] if found else None
 
 
 def message_ingest(
     *, server_name: str, queue_id: str, node: str = "", is_report: bool = False
 ) -> Message | None:
-    """Record a spooled message once, as held in ``node``'s spool; returns it, or None if
-    the spool has no such id."""
-    existing = Message.objects.filter(queue_id=queue_id).first()
+    """Record a spooled message once, as held in ``node``'s spool, waiting for its
+    delivery run; returns it, or None if the spool has no such id."""
+    existing = _by_queue_id(queue_id)
     if existing is not None:
         return existing
     try:
         envelope, data = spool_for(server_name).load(queue_id)
     except MessageNotFound:
         return None
-    cfg = current_config(server_name)
+    cfg, server_id = current_server(server_name)
+    message = message_record(envelope, data, cfg, server_id, node=node, is_report=is_report)
     try:
         with transaction.atomic():
-            message = _create(envelope, data, cfg, node, is_report)
+            message.save(force_insert=True)
+            Recipient.objects.bulk_create(message_recipients(message, envelope, cfg))
     except IntegrityError:  # another task recorded it first
-        return Message.objects.filter(queue_id=queue_id).first()
+        return _by_queue_id(queue_id)
     if not is_report:
         traffic_add(server_name, accepted=1)
     return message
 
 
-def _create(
-    envelope: Envelope, data: bytes, cfg: ServerConfig | None, node: str, is_report: bool
+def message_record(
+    envelope: Envelope,
+    data: bytes,
+    cfg: ServerConfig | None,
+    server_id: int | None,
+    *,
+    node: str,
+    is_report: bool = False,
+    lease_until: datetime | None = None,
 ) -> Message:
-    message = Message.objects.create(
+    """An unsaved Message for a spooled message: queued, or with ``lease_until`` already
+    claimed (active) by the delivery run that records it."""
+    return Message(
         queue_id=envelope.queue_id,
-        server=VirtualServer.objects.filter(name=envelope.server).first(),
+        server_id=server_id,
         server_name=envelope.server,
         sender=envelope.sender,
         subject=_subject(data),
@@ -125,9 +155,17 @@ def _create(
         auth_user=envelope.auth_user or "",
         node=node,
         received_at=datetime.fromtimestamp(envelope.received_at, tz=UTC),
-        state=MessageState.QUEUED,
+        state=MessageState.QUEUED if lease_until is None else MessageState.ACTIVE,
+        lease_until=lease_until,
         is_report=is_report,
     )
+
+
+def message_recipients(
+    message: Message, envelope: Envelope, cfg: ServerConfig | None
+) -> list[Recipient]:
+    """Unsaved Recipient rows of ``message``, one per distinct address, routed by ``cfg``
+    (without a configuration: by MX, to be routed again once the server exists)."""
     rows = []
     for address in dict.fromkeys(envelope.recipients):
         domain = address.rpartition("@")[2].lower()
@@ -141,24 +179,39 @@ def _create(
                 hop_kind=hop.kind if hop else "mx",
             )
         )
-    Recipient.objects.bulk_create(rows)
-    return message
+    return rows
 
 
-def message_claim(queue_id: str, *, now: datetime | None = None) -> Message | None:
-    """Take the message for one delivery run if it is due and nobody holds it."""
-    now = now or timezone.now()
-    lease = now + timedelta(seconds=settings.MAILADMIN_DELIVERY_LEASE_SECONDS)
+def delivery_lease(now: datetime) -> datetime:
+    """The end of a new delivery run's lease. It doubles as the run's claim token (see
+    :func:`messages_claim`), hence the random microseconds: two runs starting at the same
+    instant still hold different leases."""
+    jitter = timedelta(microseconds=secrets.randbelow(1_000_000))
+    return now + timedelta(seconds=settings.MAILADMIN_DELIVERY_LEASE_SECONDS) + jitter
+
+
+def messages_claim(queue_ids: list[str], *, lease: datetime, now: datetime) -> list[Message]:
+    """Take for one delivery run those of the messages that are due and that nobody holds
+    (their lease ran out); returns them, now active until ``lease``.
+
+    One UPDATE claims them all; the run then reads back the rows carrying its own lease,
+    which no other run can hold (see :func:`delivery_lease`)."""
     waiting = Q(state__in=[MessageState.QUEUED, MessageState.RETRY]) & (
         Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now)
     )
     abandoned = Q(state=MessageState.ACTIVE, lease_until__lt=now)
     claimed = (
-        Message.objects.filter(queue_id=queue_id)
+        Message.objects.filter(queue_id__in=queue_ids)
         .filter(waiting | abandoned)
         .update(state=MessageState.ACTIVE, lease_until=lease)
     )
-    return Message.objects.get(queue_id=queue_id) if claimed else None
+    if not claimed:
+        return []
+    return list(
+        Message.objects.filter(
+            queue_id__in=queue_ids, state=MessageState.ACTIVE, lease_until=lease
+        ).order_by()
+    )
 
 
 def suspended_hops() -> set[str]:

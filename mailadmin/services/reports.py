@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -17,7 +18,6 @@ from django.utils import timezone
 
 from mailadmin.models import Message, MessageState, Recipient, RecipientState
 from mailadmin.services.queue import delivery_minutes, message_ingest, server_home, spool_for
-from mailadmin.services.traffic import traffic_add
 from smtpworker import dsn
 from smtpworker.config import ServerConfig
 from smtpworker.spool import Envelope, SpoolError, new_queue_id
@@ -25,15 +25,28 @@ from smtpworker.spool import Envelope, SpoolError, new_queue_id
 log = logging.getLogger(__name__)
 
 
-def conclude(message: Message, cfg: ServerConfig, data: bytes, *, busy: bool) -> str:
-    """Decide the message's state after a run; returns delivered/bounced/retry."""
+def conclude(
+    message: Message,
+    cfg: ServerConfig,
+    data: bytes,
+    recipients: list[Recipient],
+    *,
+    busy: bool,
+    counts: Counter[str],
+) -> str:
+    """Decide the message's state after a run; returns delivered/bounced/retry.
+
+    ``recipients`` are all of the message's recipients as the run left them (the rows are
+    up to date: nothing is read again). What the run amounts to for the dashboard
+    (delivered, bounced, deferred) is added to ``counts``, for the caller to write once.
+    """
     now = timezone.now()
-    pending = list(message.recipients.filter(state=RecipientState.PENDING))
+    pending = [r for r in recipients if r.state == RecipientState.PENDING]
     if pending and _expired(message, cfg, pending, now):
         _expire(pending, now)
         pending = []
     if not pending:
-        return _complete(message, cfg, data, now)
+        return _complete(message, cfg, data, recipients, now, counts)
     if _delay_due(message, cfg, pending, now):
         notify(message, cfg, data, pending, kind="delay", now=now)
         message.delay_notified_at = now
@@ -41,13 +54,20 @@ def conclude(message: Message, cfg: ServerConfig, data: bytes, *, busy: bool) ->
         wait = timedelta(seconds=5)  # outbound limits: try again soon, not an attempt
     else:
         message.attempts += 1
-        traffic_add(message.server_name, deferred=1)
+        counts["deferred"] += 1
         wait = delivery_minutes(_retry_minutes(cfg, message.attempts))
     message.state = MessageState.RETRY
     message.next_attempt_at = now + wait
     message.lease_until = None
     message.save(
-        update_fields=["state", "next_attempt_at", "lease_until", "attempts", "delay_notified_at"]
+        update_fields=[
+            "state",
+            "next_attempt_at",
+            "lease_until",
+            "attempts",
+            "delay_notified_at",
+            "last_error",
+        ]
     )
     return "retry"
 
@@ -92,8 +112,15 @@ def _expire(pending: list[Recipient], now: datetime) -> None:
         recipient.save(update_fields=["state", "done_at", "last_reply"])
 
 
-def _complete(message: Message, cfg: ServerConfig, data: bytes, now: datetime) -> str:
-    failed = list(message.recipients.filter(state=RecipientState.FAILED))
+def _complete(
+    message: Message,
+    cfg: ServerConfig,
+    data: bytes,
+    recipients: list[Recipient],
+    now: datetime,
+    counts: Counter[str],
+) -> str:
+    failed = [r for r in recipients if r.state == RecipientState.FAILED]
     if failed:
         if message.is_report:
             badmail(
@@ -102,10 +129,10 @@ def _complete(message: Message, cfg: ServerConfig, data: bytes, now: datetime) -
         else:
             notify(message, cfg, data, failed, kind="failure", now=now)
         finish(message, MessageState.BOUNCED, failed[0].last_reply)
-        traffic_add(message.server_name, bounced=1)
+        counts["bounced"] += 1
         return "bounced"
     finish(message, MessageState.DELIVERED, "")
-    traffic_add(message.server_name, delivered=1)
+    counts["delivered"] += 1
     return "delivered"
 
 
@@ -115,6 +142,7 @@ def finish(message: Message, state: str, reason: str) -> None:
         Message.objects.filter(pk=message.pk).update(
             state=state, finished_at=timezone.now(), lease_until=None, last_error=reason[:2000]
         )
+        message.state, message.lease_until = state, None
         server_name, queue_id = message.server_name, message.queue_id
         transaction.on_commit(lambda: spool_for(server_name).remove(queue_id))
 

@@ -2,14 +2,16 @@
 
 It finds (1) spooled messages the database does not know (the SMTP worker's hand-off
 was lost), (2) messages due for a retry, and (3) messages whose delivery run died (their
-lease ran out), and enqueues a relay task for each, on the delivery queue of the node
-that spooled it. (1) reads a spool directory, which only the node that wrote it can do:
-:func:`spool_nodes` names the nodes to ask, and each runs :func:`spool_orphans` itself.
+lease ran out), and enqueues relay tasks for them, a batch of ids each, on the delivery
+queue of the node that spooled them. (1) reads a spool directory, which only the node
+that wrote it can do: :func:`spool_nodes` names the nodes to ask, and each runs
+:func:`spool_orphans` itself.
 """
 
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Any
@@ -18,23 +20,26 @@ from django.db.models import Q
 from django.utils import timezone
 
 from mailadmin.models import Message, MessageState, VirtualServer
-from mailadmin.models.queue import OPEN_STATES
-from mailadmin.services.queue import message_ingest, spool_for
-from smtpworker.spool import Spool
+from mailadmin.models.queue import FINAL_STATES, OPEN_STATES
+from mailadmin.services.queue import spool_for
 
 BATCH = 2000
+# Ids per relay task: few enough that a batch to a slow next hop ends well within its lease.
+TASK_BATCH = 50
+# A new message's relay task is normally on its way (the SMTP worker's hand-off, or the
+# task that spooled a report). Only one still unrecorded or unrun after this long counts
+# as lost; until then, a second task would only be a duplicate in the broker's queue.
 HANDOFF_GRACE = timedelta(seconds=30)
 
-Enqueue = Callable[[str, str, str], None]  # (server name, queue id, node)
+Enqueue = Callable[[str, list[str], str], None]  # (server name, queue ids, node)
 
 
 def sweep(*, enqueue: Enqueue) -> dict[str, int]:
-    """Enqueue every recorded message that is due, or whose delivery run died."""
+    """Enqueue every recorded message that is due, or whose delivery run died, in
+    batches per server and node."""
     now = timezone.now()
     due = (
         Message.objects.filter(
-            # A new message's relay task is normally in flight already (the SMTP worker's
-            # hand-off): only one still waiting after HANDOFF_GRACE counts as lost.
             Q(
                 state=MessageState.QUEUED,
                 next_attempt_at__isnull=True,
@@ -47,11 +52,17 @@ def sweep(*, enqueue: Enqueue) -> dict[str, int]:
         .order_by("next_attempt_at")
         .values_list("server_name", "queue_id", "node")[:BATCH]
     )
-    count = 0
+    groups: dict[tuple[str, str], list[str]] = defaultdict(list)
     for server_name, queue_id, node in due:
-        enqueue(server_name, queue_id, node)
-        count += 1
-    return {"due": count}
+        groups[(server_name, node)].append(queue_id)
+    _enqueue_in_batches(groups, enqueue)
+    return {"due": sum(len(ids) for ids in groups.values())}
+
+
+def _enqueue_in_batches(groups: dict[tuple[str, str], list[str]], enqueue: Enqueue) -> None:
+    for (server_name, node), ids in groups.items():
+        for start in range(0, len(ids), TASK_BATCH):
+            enqueue(server_name, ids[start : start + TASK_BATCH], node)
 
 
 def spool_nodes(statuses: Iterable[dict[str, Any]], this_node: str) -> list[str]:
@@ -73,37 +84,40 @@ def spool_nodes(statuses: Iterable[dict[str, Any]], this_node: str) -> list[str]
     return sorted(nodes)
 
 
-def spool_orphans(*, node: str, enqueue: Enqueue) -> int:
-    """Record and enqueue the spool files of ``node``'s servers that the database does not
-    know, as spooled by ``node``. Run it on the node that owns the spools.
+def spool_orphans(*, node: str, enqueue: Enqueue, now: float | None = None) -> int:
+    """Enqueue the spool files on this machine the database does not know, as spooled by
+    ``node`` (their relay task records them), and delete those of finished messages. Run
+    it on the node that owns the spools; returns how many orphans it enqueued.
 
-    Only servers assigned to ``node`` (or to every node) are looked at: nodes on one
-    machine may share a mail root, and another node's files are that node's to hand off.
-    A file younger than HANDOFF_GRACE is skipped, as its hand-off is still in flight.
-    """
+    Files younger than HANDOFF_GRACE are left alone: their hand-off is on its way. A
+    finished message's files are normally removed when it finishes; they are left over
+    when a process died in between, or a power cut undid the removal (not fsync'd)."""
+    cutoff = (time.time() if now is None else now) - HANDOFF_GRACE.total_seconds()
     found = 0
-    cutoff = time.time() - HANDOFF_GRACE.total_seconds()
-    servers = VirtualServer.objects.filter(Q(node=node) | Q(node=""))
-    for name in servers.values_list("name", flat=True):
+    for name in VirtualServer.objects.values_list("name", flat=True):
         spool = spool_for(name)
         ids = spool.ids()
-        known: set[str] = set()
+        states: dict[str, str] = {}
         for start in range(0, len(ids), 1000):
             chunk = ids[start : start + 1000]
-            known.update(
-                Message.objects.filter(queue_id__in=chunk).values_list("queue_id", flat=True)
+            states.update(
+                Message.objects.filter(queue_id__in=chunk)
+                .order_by()
+                .values_list("queue_id", "state")
             )
-        for queue_id in ids:
-            if queue_id in known or _younger(spool, queue_id, cutoff):
-                continue
-            if message_ingest(server_name=name, queue_id=queue_id, node=node) is not None:
-                enqueue(name, queue_id, node)
-                found += 1
+        for queue_id, state in states.items():
+            if state in FINAL_STATES:
+                spool.remove(queue_id)
+        orphans = [q for q in ids if q not in states and _spooled_at(q) < cutoff]
+        _enqueue_in_batches({(name, node): orphans}, enqueue)
+        found += len(orphans)
     return found
 
 
-def _younger(spool: Spool, queue_id: str, cutoff: float) -> bool:
+def _spooled_at(queue_id: str) -> float:
+    """When a queue id was made (its first 14 hex digits are microseconds since the
+    epoch, see smtpworker.spool.new_queue_id); 0 for an id of another form."""
     try:
-        return spool.message_path(queue_id).stat().st_mtime > cutoff
-    except FileNotFoundError:  # delivered and removed meanwhile
-        return True
+        return int(queue_id[:14], 16) / 1_000_000
+    except ValueError:
+        return 0.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 
 from django.db import IntegrityError, transaction
@@ -15,6 +16,14 @@ FIELDS = ("accepted", "delivered", "deferred", "bounced")
 
 def traffic_add(server_name: str, *, when: datetime | None = None, **counts: int) -> None:
     """Add to this minute's counters (accepted, delivered, deferred, bounced)."""
+    traffic_add_counts(server_name, counts, when=when)
+
+
+def traffic_add_counts(
+    server_name: str, counts: Mapping[str, int], *, when: datetime | None = None
+) -> None:
+    """:func:`traffic_add` with the counts in a mapping (a delivery run's tally): one
+    UPDATE, or an INSERT for the minute's first."""
     unknown = set(counts) - set(FIELDS)
     if unknown:
         raise ValueError(f"unknown counters {sorted(unknown)}")
@@ -26,7 +35,7 @@ def traffic_add(server_name: str, *, when: datetime | None = None, **counts: int
         return
     try:
         with transaction.atomic():
-            TrafficCounter.objects.create(server_name=server_name, minute=minute, **counts)
+            TrafficCounter.objects.create(server_name=server_name, minute=minute, **dict(counts))
     except IntegrityError:  # created meanwhile by another worker
         TrafficCounter.objects.filter(server_name=server_name, minute=minute).update(**updates)
 

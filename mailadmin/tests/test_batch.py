@@ -1,0 +1,292 @@
+"""Delivery runs of several messages at once (the relay_batch task), against real sinks.
+
+As in test_delivery, the service and the Celery task functions are called in-process;
+the spool, database, Redis and the SMTP sinks are real. The end-to-end tests
+(test_delivery_e2e, test_worker_e2e) drive the same path through the SMTP worker's
+hand-off and a real Celery worker.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from mailadmin.models import (
+    Attempt,
+    Message,
+    MessageState,
+    Recipient,
+    RecipientState,
+    TrafficCounter,
+)
+from mailadmin.services import sweep as sweep_services
+from mailadmin.services.delivery import messages_deliver
+from mailadmin.services.queue import spool_for
+from mailadmin.tasks import relay_batch
+from mailadmin.tests.stack import until
+from mailadmin.tests.test_delivery import BODY, make_server, spool
+from smtpworker.handoff import Handoff, delivery_queue
+from smtpworker.spool import Envelope, new_queue_id
+from smtpworker.tests.sink import Sink
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("mailroot")]
+
+
+def spooled(sender: str, *recipients: str, server: str = "Relay", at: float | None = None) -> str:
+    """A message in the spool only, as the SMTP worker leaves it before its hand-off."""
+    now = time.time() if at is None else at
+    queue_id = new_queue_id(now)
+    envelope = Envelope(
+        queue_id=queue_id,
+        server=server,
+        sender=sender,
+        recipients=recipients,
+        received_at=now,
+        client_ip="127.0.0.9",
+        client_helo="client.test",
+        auth_user=None,
+        size=len(BODY),
+        smtputf8=False,
+        body_8bit=False,
+    )
+    spool_for(server).store(envelope, BODY)
+    return queue_id
+
+
+def state(queue_id: str) -> str:
+    return Message.objects.get(queue_id=queue_id).state
+
+
+def traffic() -> dict[str, int]:
+    rows = TrafficCounter.objects.filter(server_name="Relay")
+    return {f: sum(getattr(r, f) for r in rows) for f in ("accepted", "delivered", "deferred")}
+
+
+def test_a_batch_records_new_messages_and_sends_them_over_one_connection(
+    api: APIClient, sink: Sink
+) -> None:
+    make_server(api, delivery={"smart_host": sink.smart_host})
+    ids = [spooled("a@corp.test", f"u{i}@example.test") for i in range(5)]
+    assert relay_batch("Relay", ids, "n1") == {"delivered": 5}
+    received = sink.wait_for(5)
+    assert [m.recipients for m in received] == [(f"u{i}@example.test",) for i in range(5)]
+    assert len({m.peer for m in received}) == 1  # one TCP connection for the batch
+    messages = Message.objects.filter(queue_id__in=ids)
+    assert {(m.state, m.node, m.lease_until) for m in messages} == {("delivered", "n1", None)}
+    assert all(m.finished_at is not None and m.subject == "Quarterly numbers" for m in messages)
+    assert Attempt.objects.filter(message__in=messages, code=250).count() == 5
+    assert spool_for("Relay").ids() == []
+    assert traffic() == {"accepted": 5, "delivered": 5, "deferred": 0}
+
+
+def test_a_batch_of_due_not_due_delivered_and_unknown_messages(api: APIClient, sink: Sink) -> None:
+    make_server(api, delivery={"smart_host": sink.smart_host})
+    new = spooled("a@corp.test", "new@example.test")
+    due = spool("a@corp.test", "due@example.test")  # recorded, never run
+    later = spool("a@corp.test", "later@example.test")
+    Message.objects.filter(queue_id=later).update(
+        state=MessageState.RETRY, next_attempt_at=timezone.now() + timedelta(hours=1)
+    )
+    done = spool("a@corp.test", "done@example.test")
+    assert messages_deliver(server_name="Relay", queue_ids=[done]) == {done: "delivered"}
+    held = spool("a@corp.test", "held@example.test")  # another run holds it
+    Message.objects.filter(queue_id=held).update(
+        state=MessageState.ACTIVE, lease_until=timezone.now() + timedelta(minutes=5)
+    )
+    abandoned = spool("a@corp.test", "abandoned@example.test")  # its run died
+    Message.objects.filter(queue_id=abandoned).update(
+        state=MessageState.ACTIVE, lease_until=timezone.now() - timedelta(seconds=1)
+    )
+    unknown = new_queue_id()  # neither recorded nor spooled
+    sink.reset()
+
+    ids = [new, due, later, done, held, abandoned, unknown]
+    assert messages_deliver(server_name="Relay", queue_ids=ids) == {
+        new: "delivered",
+        due: "delivered",
+        later: "not due",
+        done: "not due",
+        held: "not due",
+        abandoned: "delivered",
+        unknown: "missing",
+    }
+    got = sorted(r for m in sink.wait_for(3) for r in m.recipients)
+    assert got == ["abandoned@example.test", "due@example.test", "new@example.test"]
+    assert (state(later), state(held)) == (MessageState.RETRY, MessageState.ACTIVE)
+    assert not Message.objects.filter(queue_id=unknown).exists()
+
+
+def test_a_batch_run_twice_sends_nothing_twice(api: APIClient, sink: Sink) -> None:
+    make_server(api, delivery={"smart_host": sink.smart_host})
+    ids = [spooled("a@corp.test", f"u{i}@example.test") for i in range(3)]
+    assert relay_batch("Relay", ids, "n1") == {"delivered": 3}
+    # The broker hands the same task out again (a worker lost before its late ack).
+    assert relay_batch("Relay", ids, "n1") == {"not due": 3}
+    assert len(sink.wait_for(3)) == 3
+    time.sleep(0.2)
+    assert len(sink.messages) == 3
+    assert traffic() == {"accepted": 3, "delivered": 3, "deferred": 0}
+    assert Message.objects.count() == 3
+
+
+def test_a_missing_spool_file_does_not_stop_the_rest_of_the_batch(
+    api: APIClient, sink: Sink
+) -> None:
+    make_server(api, delivery={"smart_host": sink.smart_host})
+    first, vanished, last = (spooled("a@corp.test", f"u{i}@example.test") for i in range(3))
+    recorded = spool("a@corp.test", "gone@example.test")
+    for queue_id in (vanished, recorded):
+        spool_for("Relay").remove(queue_id)  # lost outside the queue
+    results = messages_deliver(
+        server_name="Relay", queue_ids=[first, vanished, recorded, last], node="n1"
+    )
+    assert results == {
+        first: "delivered",
+        vanished: "missing",
+        recorded: "missing",
+        last: "delivered",
+    }
+    assert [m.recipients for m in sink.wait_for(2)] == [("u0@example.test",), ("u2@example.test",)]
+    assert not Message.objects.filter(queue_id=vanished).exists()
+    gone = Message.objects.get(queue_id=recorded)
+    assert gone.state == MessageState.DELETED and "spool file missing" in gone.last_error
+
+
+def test_each_message_of_a_batch_concludes_on_its_own(
+    api: APIClient, sink: Sink, mailroot: Path
+) -> None:
+    make_server(api, delivery={"smart_host": sink.smart_host, "retry_minutes": [10, 20, 30, 40]})
+    sink.rcpt_replies = {
+        "busy@example.test": "451 4.2.1 Mailbox busy",
+        "gone@example.test": "550 5.1.1 No such user",
+    }
+    ok = spooled("a@corp.test", "ok@example.test")
+    partly = spooled("a@corp.test", "ok2@example.test", "busy@example.test")
+    bounced = spooled("a@corp.test", "gone@example.test")
+    results = messages_deliver(server_name="Relay", queue_ids=[ok, partly, bounced], node="n1")
+    assert results == {ok: "delivered", partly: "retry", bounced: "bounced"}
+    message = Message.objects.get(queue_id=partly)
+    assert message.state == MessageState.RETRY and message.attempts == 1
+    assert message.last_error.startswith("4.2.1")
+    by_address = dict(Recipient.objects.values_list("address", "state"))
+    assert by_address["ok2@example.test"] == RecipientState.DELIVERED
+    assert by_address["busy@example.test"] == RecipientState.PENDING
+    assert Message.objects.filter(is_report=True).count() == 1  # the NDR for gone@
+    assert traffic() == {"accepted": 3, "delivered": 1, "deferred": 1}
+
+    # The retry sends only the recipient still pending; in the same batch, the NDR goes
+    # to a local domain (the Drop directory) and the rest to the smart host.
+    sink.rcpt_replies = {}
+    Message.objects.filter(queue_id=partly).update(next_attempt_at=None)
+    sink.reset()
+    ndr = Message.objects.get(is_report=True).queue_id
+    assert messages_deliver(server_name="Relay", queue_ids=[partly, ndr]) == {
+        partly: "delivered",
+        ndr: "delivered",
+    }
+    assert [m.recipients for m in sink.wait_for(1)] == [("busy@example.test",)]
+    assert (mailroot / "Relay" / "Drop" / f"{ndr}.eml").exists()
+
+
+def test_an_unreachable_host_is_waited_for_once_per_batch(
+    api: APIClient, sink: Sink, settings: Any
+) -> None:
+    make_server(api, delivery={"smart_host": sink.smart_host})
+    sink.mode = "stall"  # accepts the connection, never greets
+    ids = [spooled("a@corp.test", f"u{i}@example.test") for i in range(4)]
+    started = time.monotonic()
+    results = messages_deliver(server_name="Relay", queue_ids=ids, node="n1")
+    elapsed = time.monotonic() - started
+    assert results == {queue_id: "retry" for queue_id in ids}
+    # One greeting time-out (MAILADMIN_OUTBOUND_TIMEOUT_CAP), not one per message.
+    assert elapsed < 2 * settings.MAILADMIN_OUTBOUND_TIMEOUT_CAP
+    ((code, reply),) = set(Recipient.objects.values_list("last_code", "last_reply"))
+    assert code is not None and 400 <= code < 500 and "timed out" in reply
+    assert Attempt.objects.count() == 4  # each message's attempt is on record
+    assert set(Message.objects.values_list("attempts", flat=True)) == {1}
+
+
+def test_the_sweep_enqueues_due_messages_in_batches(api: APIClient, sink: Sink) -> None:
+    make_server(api, delivery={"smart_host": sink.smart_host})
+    due = [spool("a@corp.test", f"u{i}@example.test") for i in range(3)]
+    Message.objects.filter(queue_id__in=due).update(
+        state=MessageState.RETRY, next_attempt_at=timezone.now(), node="n1"
+    )
+    fresh = spool("a@corp.test", "fresh@example.test")  # its hand-off is on its way
+    sent: list[tuple[str, list[str], str]] = []
+    result = sweep_services.sweep(enqueue=lambda s, ids, n: sent.append((s, ids, n)))
+    assert result == {"due": 3}
+    assert sorted(sent[0][1]) == sorted(due) and sent[0][::2] == ("Relay", "n1")
+    assert fresh not in sent[0][1]
+
+
+def test_the_spool_sweep_waits_for_the_hand_off_and_cleans_up_finished_messages(
+    api: APIClient, sink: Sink, mailroot: Path
+) -> None:
+    make_server(api, delivery={"smart_host": sink.smart_host})
+    young = spooled("a@corp.test", "young@example.test")
+    orphan = spooled("a@corp.test", "old@example.test", at=time.time() - 60)
+    finished = spool("a@corp.test", "done@example.test")
+    Message.objects.filter(queue_id=finished).update(state=MessageState.DELIVERED)
+    queued = spool("a@corp.test", "queued@example.test")
+    sent: list[tuple[str, list[str], str]] = []
+    found = sweep_services.spool_orphans(
+        node="n1", enqueue=lambda s, ids, n: sent.append((s, ids, n))
+    )
+    assert found == 1 and sent == [("Relay", [orphan], "n1")]
+    # A finished message's leftover files go; a queued one's stay; the young one waits.
+    assert sorted(spool_for("Relay").ids()) == sorted([young, orphan, queued])
+
+
+def test_the_hand_off_sends_one_task_per_batch_to_the_node_queue(test_redis: str) -> None:
+    executor = ThreadPoolExecutor(max_workers=2)
+    node = f"hx{os.getpid()}"
+    handoff = Handoff(test_redis, executor, node=node, linger=1.0, max_batch=3)
+    # CELERY_BROKER_URL, when set, wins over the URL given (as for the SMTP worker).
+    broker = redis.Redis.from_url(str(handoff.app.conf.broker_url))
+    queue = delivery_queue(node)
+    broker.delete(queue)
+
+    def tasks() -> list[list[Any]]:
+        sent = []
+        for item in reversed(broker.lrange(queue, 0, -1)):  # kombu pushes to the head
+            envelope = json.loads(item)
+            assert envelope["headers"]["task"] == "mailadmin.relay_batch"
+            args, _kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
+            sent.append(args)
+        return sent
+
+    try:
+        relay = [new_queue_id() for _ in range(6)]
+        other = new_queue_id()
+        started = time.monotonic()
+        handoff(relay[0], "Relay")
+        handoff(relay[1], "Relay")
+        handoff(other, "Other")  # the third id fills the batch: it goes without lingering
+        until(lambda: len(tasks()) == 2, timeout=0.8)
+        for queue_id in relay[2:5]:
+            handoff(queue_id, "Relay")
+        until(lambda: len(tasks()) == 3, timeout=0.8)
+        handoff(relay[5], "Relay")  # alone: sent once it has waited the linger
+        executor.shutdown(wait=True)  # as the SMTP worker stops: what waits is still sent
+        assert time.monotonic() - started >= 1.0
+        assert tasks() == [
+            ["Relay", relay[:2], node],
+            ["Other", [other], node],
+            ["Relay", relay[2:5], node],
+            ["Relay", relay[5:], node],
+        ]
+    finally:
+        broker.delete(queue)
+        broker.close()
