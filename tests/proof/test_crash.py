@@ -6,7 +6,7 @@ The run (:mod:`tests.proof.crashrun`) starts its own PostgreSQL and Redis, a sin
 smart host and the product's three processes, all on loopback, and stops each by the PID
 it started, also when the test fails. ``test_crash_long`` (marked long: ``make proof``)
 sends 5,000 messages under 18 faults; ``test_crash_short`` (``make test``) 300 under six
-(one kill of each process, a Redis flush, a PostgreSQL restart, the smart host refusing),
+(one kill of each process, a Redis restart, a PostgreSQL restart, the smart host refusing),
 so the machinery does not rot.
 
 ``MAILADMIN_CRASH_SEED=N`` repeats a run's schedule. With ``MAILADMIN_PROOF_REPORT_DIR``
@@ -66,7 +66,7 @@ LONG_FAULTS = (
 )
 # A FLUSHALL rather than a Redis restart: a restart can make the Celery worker exit (a
 # defect the long run reports, see the README's proof section); `make test` stays steady.
-SHORT_FAULTS = ("smtp", "worker", "beat", "redis-flush", "pg-immediate", "sink-refuse")
+SHORT_FAULTS = ("smtp", "worker", "beat", "redis-restart", "pg-immediate", "sink-refuse")
 
 
 def seed() -> int:
