@@ -39,7 +39,7 @@ class _SmtpNode(Node):
     def handle_message(self, body: dict[str, Any], message: Any = None) -> Any:
         if body.get("method") not in (self.handlers or {}):
             return None  # a command for Celery's workers, not for us
-        return super().handle_message(body, message)  # type: ignore[no-untyped-call]
+        return super().handle_message(body, message)
 
 
 class ControlPlane(threading.Thread):
@@ -89,18 +89,16 @@ class ControlPlane(threading.Thread):
         }
 
     def run(self) -> None:
-        mailbox = Mailbox(  # type: ignore[no-untyped-call]
-            NAMESPACE, type="fanout", accept=["json"], serializer="json"
-        )
+        mailbox = Mailbox(NAMESPACE, type="fanout", accept=["json"], serializer="json")
         hostname = node_hostname(self.follower.node.name)
         while not self._stopped.is_set():
             try:
-                with Connection(self.broker_url, connect_timeout=5) as conn:  # type: ignore[no-untyped-call]
+                with Connection(self.broker_url, connect_timeout=5) as conn:
                     channel = conn.channel()
-                    node = _SmtpNode(  # type: ignore[no-untyped-call]
+                    node = _SmtpNode(
                         hostname, mailbox=mailbox(conn), channel=channel, handlers=self.handlers()
                     )
-                    node.listen(channel=channel)  # type: ignore[no-untyped-call]
+                    node.listen(channel=channel)
                     self.ready.set()
                     log.info("control plane: listening as %s", hostname)
                     while not self._stopped.is_set():
