@@ -985,6 +985,25 @@ def table(cells: list[Cell]) -> str:
     return "\n".join(rows)
 
 
+def summary(cells: list[Cell], *, quick: bool) -> dict[str, Any]:
+    """The table as data: per cell the median rate, its ratio to Postfix's reference and
+    the product's CPU per message."""
+    rows = []
+    for cell in cells:
+        rate = cell.median("rate")
+        ref = POSTFIX_RATE.get((cell.size, cell.sessions))
+        rows.append(
+            {
+                "size_kb": cell.size // KB,
+                "sessions": cell.sessions,
+                "rate": round(rate, 1),
+                "cpu_ms": round(statistics.median(cell.product_ms(r) for r in cell.runs), 3),
+                "per_postfix": round(rate / ref, 3) if ref else None,
+            }
+        )
+    return {"benchmark": "relay", "quick": quick, "cells": rows}
+
+
 def breakdown(cells: list[Cell]) -> str:
     names: list[str] = []
     for cell in cells:
@@ -1029,6 +1048,9 @@ def main() -> int:
     parser.add_argument("--sink", type=int, metavar="PORT", help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true", help="a smoke run, about 20 s")
     parser.add_argument("--no-large", action="store_true", help="skip the 100 KB cell")
+    parser.add_argument(
+        "--json", type=Path, metavar="FILE", help="also write the results as JSON (bin/proof)"
+    )
     parser.add_argument(
         "--cells",
         help="only these cells, as KBxSESSIONS[:MESSAGES] separated by commas, e.g. 1x10,1x50:900",
@@ -1238,6 +1260,8 @@ def main() -> int:
     if profile_lines:
         print()
         print("\n".join(profile_lines))
+    if args.json:
+        args.json.write_text(json.dumps(summary(cells, quick=args.quick), indent=1))
     return 0
 
 
