@@ -187,7 +187,17 @@ def notify(
     to = [message.sender]
     if kind == "failure" and cfg.messages.ndr_copy_to:
         to.append(cfg.messages.ndr_copy_to)
-    return inject(message.server_name, to, report)
+    return inject(message.server_name, to, report, queue_id=report_queue_id(message, kind))
+
+
+def report_queue_id(message: Message, kind: str) -> str:
+    """The queue id of ``message``'s delay notice or NDR: its own id and D or N.
+
+    Derived, not drawn, so that a delivery run cut short after spooling a report and
+    before recording its outcome spools and sends the same report, not a second one,
+    when it runs again. (Queue ids are up to 64 of [0-9A-Z]; ours are 24.)
+    """
+    return f"{message.queue_id}{'N' if kind == 'failure' else 'D'}"
 
 
 def _report_code(code: int | None, kind: str) -> int:
@@ -197,9 +207,18 @@ def _report_code(code: int | None, kind: str) -> int:
     return 500 if kind == "failure" else 400
 
 
-def inject(server_name: str, recipients: list[str], data: bytes) -> str | None:
-    """Spool a report from the null sender and queue it; None if the spool refused."""
-    queue_id = new_queue_id()
+def inject(
+    server_name: str, recipients: list[str], data: bytes, *, queue_id: str | None = None
+) -> str | None:
+    """Spool a report from the null sender and queue it; None if the spool refused.
+
+    With a ``queue_id`` already spooled or recorded (an earlier run of the same delivery
+    made this report), nothing new is spooled: the report is recorded and queued once.
+    """
+    queue_id = queue_id or new_queue_id()
+    if Message.objects.filter(queue_id=queue_id).exists():
+        return queue_id
+    spool = spool_for(server_name)
     envelope = Envelope(
         queue_id=queue_id,
         server=server_name,
@@ -214,10 +233,12 @@ def inject(server_name: str, recipients: list[str], data: bytes) -> str | None:
         body_8bit=not data.isascii(),
     )
     try:
-        spool_for(server_name).store(envelope, data)
+        spool.store(envelope, data)
     except SpoolError as exc:
-        log.error("%s: cannot spool a delivery report: %s", server_name, exc)
-        return None
+        if not spool.message_path(queue_id).exists():
+            log.error("%s: cannot spool a delivery report: %s", server_name, exc)
+            return None
+        # Spooled by a run that was cut short before recording it: record that one.
     # Spooled here, so delivered by this node's workers.
     node = settings.MAILADMIN_NODE
     message_ingest(server_name=server_name, queue_id=queue_id, node=node, is_report=True)

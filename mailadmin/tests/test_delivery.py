@@ -24,8 +24,9 @@ from mailadmin.models import (
     RecipientState,
     TrafficCounter,
 )
+from mailadmin.services import reports
 from mailadmin.services.delivery import message_deliver
-from mailadmin.services.queue import message_ingest, spool_for
+from mailadmin.services.queue import current_config, message_ingest, spool_for
 from mailadmin.services.slots import outbound_slots
 from smtpworker.spool import Envelope, new_queue_id
 from smtpworker.tests.dnsserver import DnsServer
@@ -227,6 +228,30 @@ def test_a_delivered_recipient_is_never_sent_again(api: APIClient, sink: Sink) -
     received = sink.wait_for(2)
     assert [m.recipients for m in received] == [("now@example.test",), ("later@example.test",)]
     assert run(queue_id) == "not due"  # a finished message is never run again
+
+
+def test_a_run_repeated_after_its_ndr_sends_the_same_ndr_once(api: APIClient, sink: Sink) -> None:
+    with DnsServer({"nullmx.test": {"MX": [(0, ".")]}}) as dns_server:
+        make_server(api, delivery={"dns_servers": [dns_server.address]})
+        queue_id = spool("a@corp.test", "b@nullmx.test")
+        assert run(queue_id) == "bounced"
+    (ndr,) = Message.objects.filter(is_report=True)
+    assert ndr.queue_id == f"{queue_id}N"
+    # A run cut short after spooling its NDR, before recording the bounce, runs again:
+    message = Message.objects.get(queue_id=queue_id)
+    failed = list(message.recipients.all())
+    cfg = current_config("Relay")
+    assert cfg is not None
+    again = reports.notify(message, cfg, BODY, failed, kind="failure", now=timezone.now())
+    assert again == ndr.queue_id
+    assert Message.objects.filter(is_report=True).count() == 1
+    # ... also when the first run died between spooling the NDR and recording it.
+    Message.objects.filter(pk=ndr.pk).delete()
+    assert spool_for("Relay").message_path(ndr.queue_id).exists()
+    again = reports.notify(message, cfg, BODY, failed, kind="failure", now=timezone.now())
+    assert again == ndr.queue_id
+    (recorded,) = Message.objects.filter(is_report=True)
+    assert recorded.queue_id == ndr.queue_id and recorded.sender == ""
 
 
 def test_5xx_for_one_recipient_bounces_only_that_one(api: APIClient, sink: Sink) -> None:
