@@ -63,6 +63,9 @@ REASONS = (
     ("rejected_data_5.3.4", "message too big"),
     ("rejected_data_5.4.6", "too many hops"),
     ("auth_failures", "authentication failed"),
+    # PROXY protocol bindings: a sender that is not a trusted proxy, or a bad header.
+    ("rejected_proxy_untrusted", "untrusted proxy"),
+    ("rejected_proxy_header", "bad PROXY header"),
 )
 
 

@@ -24,6 +24,13 @@ def test_rejections_are_counted_by_reason_once() -> None:
     assert row.rejected == {"relay denied": 5, "authentication failed": 2, "message too big": 1}
 
 
+def test_proxy_refusals_have_their_own_reasons() -> None:
+    counters = {"rejected_proxy_untrusted": 2, "rejected_proxy_header": 1, "rejected_odd": 4}
+    traffic_collect([status(1, **counters)], {})
+    row = TrafficCounter.objects.get(server_name="Relay")
+    assert row.rejected == {"untrusted proxy": 2, "bad PROXY header": 1, "other": 4}
+
+
 def test_the_api_sums_per_minute_and_per_hour(api: APIClient) -> None:
     traffic_add("Relay", accepted=3, delivered=2)
     traffic_add("Relay", deferred=1)
