@@ -100,6 +100,18 @@ class DefaultDomainField(serializers.Field):
 
 
 @extend_schema_field({"type": "boolean"})
+class NameRelatedField(serializers.SlugRelatedField):
+    """A related object given by name. A NUL byte is refused before the lookup, as DRF's
+    CharField refuses it: PostgreSQL cannot even compare such a text (a 500, not a 400)."""
+
+    default_error_messages = {"null_characters": "Null characters are not allowed."}
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, str) and "\x00" in data:
+            self.fail("null_characters")
+        return super().to_internal_value(data)
+
+
 class SecretSetField(serializers.ReadOnlyField):
     def to_representation(self, value: Any) -> bool:
         return bool(value)
@@ -249,7 +261,7 @@ class UserSerializer(serializers.Serializer):
     )
     active = model_field(SmtpUser, "active", "is_active")
     allow_cram_md5 = model_field(SmtpUser, "allow_cram_md5", "allow_cram_md5")
-    servers = serializers.SlugRelatedField(
+    servers = NameRelatedField(
         many=True,
         slug_field="name",
         queryset=VirtualServer.objects.all(),

@@ -223,3 +223,14 @@ def test_a_rename_onto_another_user_is_refused(api: APIClient) -> None:
     assert response.status_code == 400
     assert list(response.json()) == ["username"]
     assert sorted(SmtpUser.objects.values_list("username", flat=True)) == ["bob", "carol"]
+
+
+def test_a_server_name_with_a_nul_byte_is_a_field_error(api: APIClient) -> None:
+    # Found by the API fuzzer on PostgreSQL, which cannot compare a text holding NUL.
+    response = api.post(
+        "/api/v1/users/",
+        {"username": "nul", "password": "pw-12345", "servers": ["Relay\x00"]},
+        format="json",
+    )
+    assert response.status_code == 400
+    assert response.json() == {"servers": ["Null characters are not allowed."]}
