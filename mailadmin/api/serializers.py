@@ -99,7 +99,6 @@ class DefaultDomainField(serializers.Field):
             raise serializers.ValidationError(str(exc)) from exc
 
 
-@extend_schema_field({"type": "boolean"})
 class NameRelatedField(serializers.SlugRelatedField):
     """A related object given by name. A NUL byte is refused before the lookup, as DRF's
     CharField refuses it: PostgreSQL cannot even compare such a text (a 500, not a 400)."""
@@ -112,6 +111,7 @@ class NameRelatedField(serializers.SlugRelatedField):
         return super().to_internal_value(data)
 
 
+@extend_schema_field({"type": "boolean"})
 class SecretSetField(serializers.ReadOnlyField):
     def to_representation(self, value: Any) -> bool:
         return bool(value)
