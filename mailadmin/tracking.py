@@ -39,6 +39,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
 from mailadmin.models import Attempt, Message, MessageState, Recipient, RecipientState
+from mailadmin.services.reports import report_queue_id
 
 EVENTS = (
     "received",
@@ -149,6 +150,11 @@ def find_report(message: Message, kind: str) -> Message | None:
     """The delay notice (``kind="delay"``) or NDR (``"failure"``) sent for ``message``."""
     if not message.sender or message.is_report:
         return None
+    derived = Message.objects.filter(queue_id=report_queue_id(message, kind), is_report=True)
+    found = derived.only("queue_id", "received_at", "subject").first()
+    if found is not None:
+        return found
+    # Reports made before their ids were derived from the message's: by subject and time.
     if kind == "delay":
         moment, prefix = message.delay_notified_at, "Delayed:"
         low, high = moment and moment - timedelta(seconds=5), moment and moment + REPORT_WINDOW
