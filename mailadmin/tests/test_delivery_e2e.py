@@ -38,16 +38,26 @@ def stack(test_redis: str, tmp_path: Path, settings: Any) -> Iterator[Stack]:
 
 
 def configure(
-    api: APIClient, sink: Sink, django_capture_on_commit_callbacks: Any, **delivery: Any
+    api: APIClient,
+    sink: Sink,
+    django_capture_on_commit_callbacks: Any,
+    *,
+    name: str = "Relay",
+    node: str = "",
+    host: str = "127.0.0.2",
+    **delivery: Any,
 ) -> tuple[str, int]:
-    port = free_port("127.0.0.2")
+    """Create a started server of ``node`` on a free port of ``host`` that relays for
+    loopback clients to ``sink`` (quick retries); return its address."""
+    port = free_port(host)
     with django_capture_on_commit_callbacks(execute=True):
         response = api.post(
             "/api/v1/servers/",
             {
-                "name": "Relay",
-                "default_domain": "corp.test",
-                "bindings": [f"127.0.0.2:{port}"],
+                "name": name,
+                "node": node,
+                "default_domain": f"{name.lower()}.test" if node else "corp.test",
+                "bindings": [f"{host}:{port}"],
                 "relay": {"list": ["127.0.0.0/8"]},
                 "messages": {"max_messages_per_connection": None},
                 "delivery": {
@@ -59,7 +69,7 @@ def configure(
             format="json",
         )
     assert response.status_code == 201, response.content
-    return "127.0.0.2", port
+    return host, port
 
 
 def send(address: tuple[str, int], count: int, tag: str) -> list[str]:

@@ -20,8 +20,9 @@ import pytest
 import redis
 from rest_framework.test import APIClient
 
-from mailadmin.models import ConfigSnapshot, Message, MessageState
+from mailadmin.models import ConfigSnapshot, Message, MessageState, VirtualServer
 from mailadmin.tests.stack import Stack, until
+from mailadmin.tests.test_delivery_e2e import configure, send
 from smtpworker.handoff import delivery_queue
 from smtpworker.tests.factories import free_port
 from smtpworker.tests.sink import Sink
@@ -46,47 +47,6 @@ def nodes(test_redis: str, tmp_path: Path, settings: Any) -> Iterator[tuple[Stac
     yield stacks[0], stacks[1]
     for stack in stacks:
         stack.stop()
-
-
-def create_server(
-    api: APIClient, capture: Any, name: str, node: str, host: str, sink: Sink, **delivery: Any
-) -> tuple[int, int]:
-    """Create a server assigned to ``node``; return its id and its port."""
-    port = free_port(host)
-    with capture(execute=True):
-        response = api.post(
-            "/api/v1/servers/",
-            {
-                "name": name,
-                "node": node,
-                "default_domain": f"{name.lower()}.test",
-                "bindings": [f"{host}:{port}"],
-                "relay": {"list": ["127.0.0.0/8"]},
-                "messages": {"max_messages_per_connection": None},
-                "delivery": {
-                    "smart_host": sink.smart_host,
-                    "retry_minutes": [20, 20, 20, 20],
-                    **delivery,
-                },
-            },
-            format="json",
-        )
-    assert response.status_code == 201, response.content
-    return int(response.json()["id"]), port
-
-
-def send(host: str, port: int, count: int, tag: str) -> list[str]:
-    """Send ``count`` messages over one session; return the acknowledged queue ids."""
-    acked = []
-    with smtplib.SMTP(host, port, timeout=10) as client:
-        client.ehlo("load.test")
-        for i in range(count):
-            client.mail("app@corp.test")
-            client.rcpt(f"user{i}@example.test")
-            code, reply = client.data(f"Subject: {tag}-{i}\r\n\r\nbody\r\n".encode())
-            assert code == 250, reply
-            acked.append(reply.decode().rsplit(" ", 1)[-1])
-    return acked
 
 
 def delivered(acked: list[str]) -> bool:
@@ -118,10 +78,11 @@ def test_two_nodes_serve_and_deliver_their_own_servers(
     a, b = nodes
     capture = django_capture_on_commit_callbacks
     # Server A: at most 2 outbound connections in all, whatever the number of workers.
-    alpha, port_a = create_server(
-        api, capture, "Alpha", a.node, "127.0.0.2", sink, outbound={"connection_limit": 2}
+    _, port_a = configure(
+        api, sink, capture, name="Alpha", node=a.node, outbound={"connection_limit": 2}
     )
-    _, port_b = create_server(api, capture, "Bravo", b.node, "127.0.0.3", sink)
+    _, port_b = configure(api, sink, capture, name="Bravo", node=b.node, host="127.0.0.3")
+    alpha = VirtualServer.objects.get(name="Alpha").pk
     a.smtp(), a.worker(concurrency=2), a.worker(name="worker2", concurrency=2), a.beat()
     b.smtp(), b.worker(concurrency=1)
     version = ConfigSnapshot.objects.latest().pk
@@ -133,8 +94,8 @@ def test_two_nodes_serve_and_deliver_their_own_servers(
 
     # What each node accepted goes through its own delivery queue and arrives once.
     sink.data_delay = 0.3
-    acked_a = send("127.0.0.2", port_a, 12, "alpha")
-    acked_b = send("127.0.0.3", port_b, 4, "bravo")
+    acked_a = send(("127.0.0.2", port_a), 12, "alpha")
+    acked_b = send(("127.0.0.3", port_b), 4, "bravo")
     until(lambda: delivered(acked_a + acked_b), timeout=60, interval=0.2)
     assert set(Message.objects.filter(queue_id__in=acked_a).values_list("node", flat=True)) == {
         a.node
@@ -166,7 +127,7 @@ def test_two_nodes_serve_and_deliver_their_own_servers(
     # Node B dies (SMTP worker and Celery worker, SIGKILL) with mail accepted but not sent:
     # it shows as stale, its mail waits in its own queue, and goes once B is back.
     sink.mode = "451"
-    held = send("127.0.0.3", port_b, 5, "held")
+    held = send(("127.0.0.3", port_b), 5, "held")
     until(lambda: Message.objects.filter(queue_id__in=held).count() == 5, timeout=20)
     b.processes["smtp"].kill()
     b.processes["worker"].kill()
