@@ -230,12 +230,14 @@ class Generators:
             for _ in range(processes)
         ]
 
-    def run(self, port: int, size: int, sessions: int, count: int) -> dict[str, Any]:
+    def run(self, ports: list[int], size: int, sessions: int, count: int) -> dict[str, Any]:
+        """Process i sends to ``ports[i % len(ports)]``: with as many processes as ports,
+        each server gets the same share of the sessions and of the messages."""
         procs = self.procs[: min(len(self.procs), sessions)]
         n = len(procs)
         for i, proc in enumerate(procs):
             job = {
-                "port": port,
+                "port": ports[i % len(ports)],
                 "size": size,
                 "sessions": sessions // n + (i < sessions % n),
                 "count": count // n + (i < count % n),
@@ -278,7 +280,10 @@ class SmtpSource:
     def __init__(self, path: str) -> None:
         self.path = path
 
-    def run(self, port: int, size: int, sessions: int, count: int) -> dict[str, Any]:
+    def run(self, ports: list[int], size: int, sessions: int, count: int) -> dict[str, Any]:
+        if len(ports) != 1:
+            raise ValueError("smtp-source runs against one server at a time")
+        port = ports[0]
         argv = [
             self.path,
             "-s", str(sessions),
@@ -398,12 +403,19 @@ class Target:
     spool: Path | None = None
     pids: list[int] = field(default_factory=list)
     cleared: int = 0
+    peers: list[Target] = field(default_factory=list)  # measured and loaded with this one
+
+    @property
+    def ports(self) -> list[int]:
+        return [self.port, *(peer.port for peer in self.peers)]
 
     def refresh_pids(self) -> None:
         self.pids = [self.proc.pid, *children_of(self.proc.pid)]
+        for peer in self.peers:
+            peer.refresh_pids()
 
     def ticks(self) -> int:
-        return sum(cpu_ticks(pid) for pid in self.pids)
+        return sum(cpu_ticks(pid) for pid in self.pids) + sum(p.ticks() for p in self.peers)
 
     def clear_spool(self) -> None:
         """Move the queue aside (one rename, no file deleted) and give the server a new one.
@@ -412,6 +424,8 @@ class Target:
         that re-scans recently freed inodes (ext4 without a journal, as on this machine),
         so everything is deleted once, at the end.
         """
+        for peer in self.peers:
+            peer.clear_spool()
         if self.spool is None or not self.spool.is_dir():
             return
         self.cleared += 1
@@ -423,6 +437,8 @@ class Target:
         os.sync()  # the last run's dirty pages are written now, not during the next run
 
     def stop(self) -> None:
+        for peer in self.peers:
+            peer.stop()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)  # only the process this script started
             try:
@@ -443,34 +459,46 @@ def start_bare() -> Target:
     return target
 
 
-def start_product(redis_url: str, work: Path, processes: int) -> Target:
+LOG_FIELDS = (
+    "date time c-ip cs-username s-sitename s-computername s-ip s-port cs-method "
+    "cs-uri-query sc-status sc-win32-status sc-bytes cs-bytes time-taken cs-version "
+    "cs-host cs(User-Agent)"
+).split()
+
+
+def publish(redis_url: str, servers: list[tuple[str, int, str]]) -> None:
+    """Put a configuration with these (name, port, node) servers into Redis: IIS defaults,
+    W3C log on with IIS's default fields."""
     import redis
 
     from smtpworker.config import dump_site
-    from smtpworker.tests.factories import server, site
+    from smtpworker.tests.factories import local, server, site
 
-    port = free_port()
-    fields = (
-        "date time c-ip cs-username s-sitename s-computername s-ip s-port cs-method "
-        "cs-uri-query sc-status sc-win32-status sc-bytes cs-bytes time-taken cs-version "
-        "cs-host cs(User-Agent)"
-    ).split()
-    cfg = server(
-        SERVER,
-        f"127.0.0.1:{port}",
-        logging={"enabled": True, "period": "daily", "fields": tuple(fields)},
-    )
+    configs = [
+        server(
+            name,
+            f"127.0.0.1:{port}",
+            id=i + 1,
+            node=node,
+            domains=(local(RECIPIENT.split("@")[1], default=True),),
+            logging={"enabled": True, "period": "daily", "fields": tuple(LOG_FIELDS)},
+        )
+        for i, (name, port, node) in enumerate(servers)
+    ]
     client = redis.Redis.from_url(redis_url)
-    client.set("mailadmin:config:body", dump_site(site(cfg, version=port)))
-    data = work / f"product-{processes}"
+    client.set("mailadmin:config:body", dump_site(site(*configs, version=servers[0][1])))
+    client.close()
+
+
+def spawn_node(redis_url: str, data: Path, node: str, processes: int) -> subprocess.Popen[bytes]:
     env = dict(
         os.environ,
         PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     )
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         [
             sys.executable, "-m", "smtpworker",
-            "--node", NODE,
+            "--node", node,
             "--redis", redis_url,
             "--data-dir", str(data),
             "--mailroot", str(data / "mailroot"),
@@ -482,6 +510,41 @@ def start_product(redis_url: str, work: Path, processes: int) -> Target:
         env=env,
         stdin=subprocess.DEVNULL,
     )  # fmt: skip
+
+
+def wait_listening(redis_url: str, target: Target, reporters: list[tuple[str, str]]) -> None:
+    """Until every (status key's node, server) reports its listener (a bind error would
+    show here); then until every port greets."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    deadline = time.monotonic() + 30
+    while True:
+        bodies = client.mget([f"mailadmin:worker:{n}" for n, _ in reporters])
+        states = [
+            (json.loads(b), name) for b, (_, name) in zip(bodies, reporters, strict=True) if b
+        ]
+        listening = [s for s, name in states if s["servers"].get(name, {}).get("listening")]
+        if len(listening) == len(reporters):
+            break
+        errors = [s["servers"][name]["error"] for s, name in states if name in s["servers"]]
+        exited = [t for t in (target, *target.peers) if t.proc.poll() is not None]
+        if exited or time.monotonic() > deadline:
+            target.stop()
+            raise RuntimeError(f"product did not start listening: {errors or 'no status'}")
+        time.sleep(0.1)
+    client.close()
+    for port in target.ports:
+        wait_greeting(port)
+    target.refresh_pids()
+
+
+def start_product(redis_url: str, work: Path, processes: int) -> Target:
+    """One node, ``processes`` worker processes, one virtual server (node "")."""
+    port = free_port()
+    publish(redis_url, [(SERVER, port, "")])
+    data = work / f"product-{processes}"
+    proc = spawn_node(redis_url, data, NODE, processes)
     count = processes or len(os.sched_getaffinity(0))
     target = Target(
         f"product, {count} process{'es' if count > 1 else ''}",
@@ -490,21 +553,26 @@ def start_product(redis_url: str, work: Path, processes: int) -> Target:
         spool=data / "mailroot" / SERVER / "Queue",
     )
     names = [NODE] if count == 1 else [f"{NODE}.{i}" for i in range(count)]
-    deadline = time.monotonic() + 30
-    while True:  # every process reports its listener (a bind error would show here)
-        bodies = client.mget([f"mailadmin:worker:{n}" for n in names])
-        states = [json.loads(b) for b in bodies if b]
-        listening = [s for s in states if s["servers"].get(SERVER, {}).get("listening")]
-        if len(listening) == count:
-            break
-        errors = [s["servers"][SERVER]["error"] for s in states if SERVER in s["servers"]]
-        if proc.poll() is not None or time.monotonic() > deadline:
-            target.stop()
-            raise RuntimeError(f"product did not start listening: {errors or 'no status'}")
-        time.sleep(0.1)
-    client.close()
-    wait_greeting(port)
-    target.refresh_pids()
+    wait_listening(redis_url, target, [(name, SERVER) for name in names])
+    return target
+
+
+def start_nodes(redis_url: str, work: Path, count: int) -> Target:
+    """``count`` nodes (``bench1``, ``bench2``...), one process each, each serving its
+    own virtual server on its own port; measured and loaded together."""
+    names = [f"{NODE}{i + 1}" for i in range(count)]
+    servers = [(f"{SERVER}{i + 1}", free_port(), name) for i, name in enumerate(names)]
+    publish(redis_url, servers)
+    targets = []
+    for server_name, port, node in servers:
+        data = work / f"node-{node}"
+        proc = spawn_node(redis_url, data, node, 1)
+        spool = data / "mailroot" / server_name / "Queue"
+        targets.append(Target(f"node {node}", proc, port, spool=spool))
+    target = targets[0]
+    target.label = f"{count} nodes, 1 process each"
+    target.peers = targets[1:]
+    wait_listening(redis_url, target, [(node, name) for name, _, node in servers])
     return target
 
 
@@ -593,7 +661,7 @@ def measure(
     target: Target, gen: Generators | SmtpSource, size: int, sessions: int, quiet: Quiet
 ) -> Cell:
     target.clear_spool()
-    warm = gen.run(target.port, size, sessions, WARMUP[size])
+    warm = gen.run(target.ports, size, sessions, WARMUP[size])
     if warm["failed"]:
         raise RuntimeError(f"{target.label}: warm-up failures: {warm['errors']}")
     rates: list[float] = []
@@ -611,7 +679,7 @@ def measure(
         target.refresh_pids()
         before = target.ticks()
         others = foreign_ticks(process_table())
-        result = gen.run(target.port, size, sessions, MESSAGES[size])
+        result = gen.run(target.ports, size, sessions, MESSAGES[size])
         ticks = target.ticks() - before
         busy = foreign_cores(others, foreign_ticks(process_table()), result["wall"])
         if busy > FOREIGN_LIMIT and attempts < REPEATS + RETRIES:

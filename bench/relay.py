@@ -101,7 +101,7 @@ RETRIES = [2]  # lists: --quick lowers them
 QUIET_BUDGET = [60.0]
 PRODUCT_GROUPS = ("SMTP worker", "Celery worker", "Celery beat")
 POOL = "Celery worker, pool processes (the tasks; SQLite runs in them)"
-PG_GROUP = "PostgreSQL server (all its processes)"
+PG_GROUP = "PostgreSQL server (the bench database's backends, the shared processes)"
 SENT = [0]  # messages the generator sent in all runs (warm-ups and repeated runs included)
 
 
@@ -271,11 +271,14 @@ class SinkProcess:
 # --- the load generator --------------------------------------------------------------------
 
 
-def generate(port: int, size: int, sessions: int, count: int) -> dict[str, Any]:
+def generate(ports: list[int], size: int, sessions: int, count: int) -> dict[str, Any]:
     """Send ``count`` messages over ``sessions`` connections that stay open.
 
     One state machine per connection on epoll: 220, EHLO, then MAIL, RCPT, DATA, message
-    while messages remain, then QUIT. Returns when every connection has closed.
+    while messages remain, then QUIT. Returns when every connection has closed. With
+    several ports, connection i goes to ``ports[i % len(ports)]``; the messages are not
+    dealt out in advance, so a faster server takes more of them (``per_port`` says how
+    many each accepted).
     """
     message = make_message(size).replace(b"<sink@test.test>", f"<{RECIPIENT}>".encode())
     # step -> (what to send once the reply to the previous step came, the code expected)
@@ -287,7 +290,8 @@ def generate(port: int, size: int, sessions: int, count: int) -> dict[str, Any]:
     )
     quit_step = (b"QUIT\r\n", b"221")
     ep = select.epoll()
-    conns: dict[int, list[Any]] = {}  # fd -> [sock, step, inbuf, pending out]
+    conns: dict[int, list[Any]] = {}  # fd -> [sock, step, inbuf, pending out, port]
+    per_port = dict.fromkeys(ports, 0)
     remaining = count
     done = failed = 0
     errors: list[str] = []
@@ -314,12 +318,13 @@ def generate(port: int, size: int, sessions: int, count: int) -> dict[str, Any]:
             conn[3] = view[sent:]
             ep.modify(fd, select.EPOLLOUT)
 
-    for _ in range(min(sessions, count)):
+    for i in range(min(sessions, count)):
+        port = ports[i % len(ports)]
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.connect_ex(("127.0.0.1", port))
-        conns[sock.fileno()] = [sock, 0, b"", None]
+        conns[sock.fileno()] = [sock, 0, b"", None, port]
         ep.register(sock.fileno(), select.EPOLLIN)
     deadline = time.monotonic() + RUN_TIMEOUT
     while conns and time.monotonic() < deadline:
@@ -359,6 +364,7 @@ def generate(port: int, size: int, sessions: int, count: int) -> dict[str, Any]:
                 continue
             if step == 5:  # a message accepted
                 done += 1
+                per_port[conn[4]] += 1
                 last_ack = time.monotonic()
             if step in (1, 5):
                 if remaining == 0:
@@ -383,13 +389,14 @@ def generate(port: int, size: int, sessions: int, count: int) -> dict[str, Any]:
         "errors": errors,
         "first_mail": first_mail,
         "last_ack": last_ack,
+        "per_port": list(per_port.values()),
     }
 
 
 def generator_main() -> int:
     for line in sys.stdin:
         job = json.loads(line)
-        result = generate(job["port"], job["size"], job["sessions"], job["count"])
+        result = generate(job["ports"], job["size"], job["sessions"], job["count"])
         sys.stdout.write(json.dumps(result) + "\n")
         sys.stdout.flush()
     return 0
@@ -405,9 +412,9 @@ class Generator:
             text=True,
         )
 
-    def start(self, port: int, size: int, sessions: int, count: int) -> None:
+    def start(self, ports: list[int], size: int, sessions: int, count: int) -> None:
         assert self.proc.stdin is not None
-        job = {"port": port, "size": size, "sessions": sessions, "count": count}
+        job = {"ports": ports, "size": size, "sessions": sessions, "count": count}
         self.proc.stdin.write(json.dumps(job) + "\n")
         self.proc.stdin.flush()
 
@@ -512,14 +519,28 @@ def bench_database(work: Path) -> Iterator[tuple[str, str]]:
             conn.execute(f"DROP DATABASE IF EXISTS {PG_DATABASE} WITH (FORCE)")
 
 
-def site_document(port: int, sink_port: int) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Node:
+    """One node of the site: an SMTP worker (``python -m smtpworker --node NAME``) serving
+    one virtual server on its own port, and ``workers`` Celery workers started with
+    ``MAILADMIN_NODE=NAME`` (so they consume ``delivery.NAME``) delivering its spool."""
+
+    name: str
+    server: str
+    port: int
+    workers: int = 1
+
+
+def site_document(nodes: list[Node], sink_port: int) -> dict[str, Any]:
+    """One virtual server per node, assigned to it, each relaying to the sink."""
     return {
         "servers": [
             {
-                "name": SERVER,
+                "name": node.server,
                 "description": "bench/relay.py: relays everything from loopback to the sink",
                 "state": "started",
-                "bindings": [f"127.0.0.1:{port}"],
+                "node": node.name,
+                "bindings": [f"127.0.0.1:{node.port}"],
                 "fqdn": "relay.bench.test",
                 "default_domain": "bench.local",
                 "authentication": {"anonymous": True},
@@ -527,6 +548,7 @@ def site_document(port: int, sink_port: int) -> dict[str, Any]:
                 "messages": {"max_messages_per_connection": None, "max_session_size_kb": None},
                 "delivery": {"smart_host": f"[127.0.0.1]:{sink_port}"},
             }
+            for node in nodes
         ],
         "users": [],
     }
@@ -536,14 +558,27 @@ def site_document(port: int, sink_port: int) -> dict[str, Any]:
 class Product:
     env: dict[str, str]
     work: Path
-    port: int
+    nodes: list[Node]
     redis_url: str
     redis_pid: int | None
     concurrency: int = 2
     prefetch: int = 0
     postgres: bool = False
+    db_url: str = ""
+    spool_base: Path | None = None  # where the nodes' mailroots go (default: work)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     logs: list[Any] = field(default_factory=list)
+    celery_names: list[str] = field(default_factory=list)
+    own_redis_calls: int = 0  # commands this script sent to Redis (not the product's)
+    _pg: Any = None
+
+    @property
+    def ports(self) -> list[int]:
+        return [node.port for node in self.nodes]
+
+    def mailroot(self, index: int) -> Path:
+        base = self.spool_base or self.work
+        return base / ("mailroot" if index == 0 else f"mailroot-{self.nodes[index].name}")
 
     def run(self, *argv: str, timeout: float = 120) -> str:
         done = subprocess.run(
@@ -558,92 +593,175 @@ class Product:
             raise RuntimeError(f"{' '.join(argv[:3])} failed:\n{done.stdout}\n{done.stderr}")
         return done.stdout
 
-    def spawn(self, name: str, *argv: str) -> None:
+    def spawn(self, name: str, *argv: str, env: dict[str, str] | None = None) -> None:
         log = open(self.work / f"{name}.log", "ab")  # noqa: SIM115
         self.logs.append(log)
         self.procs[name] = subprocess.Popen(
             [sys.executable, *argv],
             cwd=ROOT,
-            env=self.env,
+            env=env or self.env,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
 
     def start(self) -> None:
-        import redis
-
-        self.spawn(
-            "smtp", "-m", "smtpworker", "--node", NODE, "--processes", "1", "--grace", "2",
-            "--log-level", "WARNING",
-        )  # fmt: skip
         prefetch = ["--prefetch-multiplier", str(self.prefetch)] if self.prefetch else []
-        self.spawn(
-            "worker", "-m", "celery", "-A", "mailadmin", "worker",
-            "--concurrency", str(self.concurrency), *prefetch,
-            "-l", "warning", "-n", f"bench-relay-{os.getpid()}@%h",
-        )  # fmt: skip
+        envs = []
+        for i, node in enumerate(self.nodes):
+            env = {
+                **self.env,
+                "MAILADMIN_NODE": node.name,
+                "MAILADMIN_MAILROOT": str(self.mailroot(i)),
+            }
+            envs.append(env)
+            self.spawn(
+                f"smtp-{node.name}", "-m", "smtpworker", "--node", node.name,
+                "--processes", "1", "--grace", "2", "--log-level", "WARNING", env=env,
+            )  # fmt: skip
+            for j in range(node.workers):
+                celery_name = f"bench-{node.name}-{j}-{os.getpid()}"
+                self.celery_names.append(f"{celery_name}@{socket.gethostname()}")
+                self.spawn(
+                    f"worker-{node.name}-{j}", "-m", "celery", "-A", "mailadmin", "worker",
+                    "--concurrency", str(self.concurrency), *prefetch,
+                    "-l", "warning", "-n", f"{celery_name}@%h", env=env,
+                )  # fmt: skip
         self.spawn(
             "beat", "-m", "celery", "-A", "mailadmin", "beat", "-l", "warning",
-            "-s", str(self.work / "beat-schedule"),
+            "-s", str(self.work / "beat-schedule"), env=envs[0],
         )  # fmt: skip
+        for node in self.nodes:
+            self.wait_listening(node)
+            wait_greeting(node.port)
+
+    def wait_listening(self, node: Node) -> None:
+        import redis
+
         client = redis.Redis.from_url(self.redis_url)
         deadline = time.monotonic() + 60
-        while True:
-            body = client.get(f"mailadmin:worker:{NODE}")
-            state = json.loads(body) if body else {}
-            server = state.get("servers", {}).get(SERVER, {})
-            if server.get("listening"):
-                break
-            for name, proc in self.procs.items():
-                if proc.poll() is not None:
-                    raise RuntimeError(f"{name} exited: see {self.work / name}.log")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the SMTP worker does not listen: {server}")
-            time.sleep(0.1)
-        client.close()
-        wait_greeting(self.port)
+        try:
+            while True:
+                body = client.get(f"mailadmin:worker:{node.name}")
+                state = json.loads(body) if body else {}
+                server = state.get("servers", {}).get(node.server, {})
+                if server.get("listening"):
+                    return
+                for name, proc in self.procs.items():
+                    if proc.poll() is not None:
+                        raise RuntimeError(f"{name} exited: see {self.work / name}.log")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the SMTP worker of {node.name} does not listen: {server}")
+                time.sleep(0.1)
+        finally:
+            client.close()
 
     def stop(self) -> None:
-        for name in ("smtp", "beat", "worker"):
-            if name in self.procs:
-                stop_process(self.procs[name])
+        """The SMTP workers first, then beat, then the Celery workers; by PID."""
+        order = sorted(self.procs, key=lambda n: (not n.startswith("smtp"), n != "beat"))
+        for name in order:
+            stop_process(self.procs[name])
         for log in self.logs:
             log.close()
+        if self._pg is not None:
+            self._pg.close()
 
     def backlog(self) -> int:
         """Celery messages waiting or unacknowledged in the broker."""
         import redis
 
         client = redis.Redis.from_url(self.redis_url)
+        queues = ["celery", *(delivery_queue(node.name) for node in self.nodes)]
+        self.own_redis_calls += len(queues) + 1
         try:
-            waiting = client.llen("celery") + client.llen(delivery_queue(NODE))
-            return int(waiting) + int(client.hlen("unacked"))
+            waiting = sum(int(client.llen(queue)) for queue in queues)
+            return waiting + int(client.hlen("unacked"))
         finally:
             client.close()
+
+    def counters(self) -> dict[str, float]:
+        """Monotonic counters of the shared services, read now: Redis commands run (all
+        clients, less this script's own), and with PostgreSQL the next transaction id (one
+        per writing transaction, cluster-wide) and the WAL position in bytes."""
+        import redis
+
+        client = redis.Redis.from_url(self.redis_url)
+        try:
+            stats = client.info("commandstats")
+        finally:
+            client.close()
+        self.own_redis_calls += 1
+        calls = sum(int(v["calls"]) for v in stats.values() if isinstance(v, dict))
+        found: dict[str, float] = {"redis_calls": float(calls - self.own_redis_calls)}
+        if self.postgres:
+            row = (
+                self.pg()
+                .execute(
+                    "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint, "
+                    "(pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint"
+                )
+                .fetchone()
+            )
+            found["pg_xids"], found["wal_bytes"] = float(row[0]), float(row[1])
+        return found
+
+    def pg(self) -> Any:
+        """A connection of this script's to the bench database (PostgreSQL only)."""
+        import psycopg
+
+        if self._pg is None:
+            self._pg = psycopg.connect(self.db_url, autocommit=True)
+        return self._pg
 
     def groups(self) -> dict[str, list[int]]:
         """Process groups measured: name -> pids (pool children looked up now)."""
         import psutil
 
-        groups: dict[str, list[int]] = {}
-        smtp = self.procs["smtp"].pid
-        groups["SMTP worker"] = [smtp] + [
-            c.pid for c in psutil.Process(smtp).children(recursive=True)
-        ]
-        worker = self.procs["worker"].pid
-        groups["Celery worker, main (consumer)"] = [worker]
-        groups[POOL] = [c.pid for c in psutil.Process(worker).children(recursive=True)]
-        groups["Celery beat"] = [self.procs["beat"].pid]
+        def tree(pid: int) -> list[int]:
+            with contextlib.suppress(psutil.Error):
+                return [c.pid for c in psutil.Process(pid).children(recursive=True)]
+            return []
+
+        smtp = [p.pid for n, p in self.procs.items() if n.startswith("smtp")]
+        workers = [p.pid for n, p in self.procs.items() if n.startswith("worker")]
+        groups: dict[str, list[int]] = {
+            "SMTP worker": smtp + [c for pid in smtp for c in tree(pid)],
+            "Celery worker, main (consumer)": workers,
+            POOL: [c for pid in workers for c in tree(pid)],
+            "Celery beat": [self.procs["beat"].pid],
+        }
         if self.redis_pid:
             groups["Redis (broker, config, slots)"] = [self.redis_pid]
-        if self.postgres:  # the server's processes: other databases' load counts too
-            groups[PG_GROUP] = [
+        if self.postgres:
+            groups[PG_GROUP] = self.postgres_pids()
+        return groups
+
+    def postgres_pids(self) -> list[int]:
+        """The backends of the bench database, the server's shared processes (WAL writer,
+        checkpointer...) and the postmaster, which brings the time of the backends that
+        ended during the run (the Celery workers' connections end with each task: Celery's
+        Django fix-up closes them). Live backends of other databases are left out; ended
+        ones are not told apart (other programs' CPU is checked, see other_programs)."""
+        import psutil
+
+        if not self.db_url:
+            return [
                 p.pid
                 for p in psutil.process_iter(["name"])
                 if (p.info["name"] or "").startswith("postgres")
             ]
-        return groups
+        rows = (
+            self.pg()
+            .execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                "OR (datname IS NULL AND backend_type <> 'autovacuum worker')"
+            )
+            .fetchall()
+        )
+        pids = {int(row[0]) for row in rows} - {int(self.pg().info.backend_pid)}
+        with contextlib.suppress(psutil.Error, StopIteration):
+            pids.add(psutil.Process(next(iter(pids))).ppid())
+        return sorted(pids)
 
 
 def cpu_of(pids: list[int], reaped: bool = False) -> tuple[float, float]:
@@ -678,6 +796,8 @@ class Run:
     cpu: dict[str, tuple[float, float]]  # group -> (user, system) seconds in this run
     tasks: dict[str, int]
     foreign: float
+    counters: dict[str, float] = field(default_factory=dict)  # Product.counters() deltas
+    split: list[int] = field(default_factory=list)  # messages accepted per server
 
 
 @dataclass
@@ -699,13 +819,16 @@ class Cell:
         return seconds / self.count * 1000
 
 
-def celery_totals(app: Any, node: str) -> dict[str, int]:
-    """Tasks the worker has run so far, by name (celery inspect stats)."""
+def celery_totals(app: Any, nodes: list[str]) -> dict[str, int]:
+    """Tasks the workers have run so far, by name (celery inspect stats), summed."""
+    totals: dict[str, int] = {}
     with contextlib.suppress(Exception):
-        reply = app.control.inspect(timeout=3, destination=[node], limit=1).stats() or {}
-        for stats in reply.values():
-            return {k.rsplit(".", 1)[-1]: int(v) for k, v in stats.get("total", {}).items()}
-    return {}
+        reply = app.control.inspect(timeout=3, destination=nodes, limit=len(nodes)).stats()
+        for stats in (reply or {}).values():
+            for k, v in stats.get("total", {}).items():
+                name = k.rsplit(".", 1)[-1]
+                totals[name] = totals.get(name, 0) + int(v)
+    return totals
 
 
 def wait_drained(product: Product, timeout: float = 60.0) -> None:
@@ -731,19 +854,19 @@ def one_run(
     sink: SinkProcess,
     gen: Generator,
     app: Any,
-    node: str,
     size: int,
     sessions: int,
     count: int,
 ) -> Run:
     groups = product.groups()
     sink_gen = {"sink": [sink.proc.pid], "generator": [gen.proc.pid]}
-    tasks0 = celery_totals(app, node)
+    tasks0 = celery_totals(app, product.celery_names)
     sink.reset()
     others = other_programs(product)
+    counters0 = product.counters()
     before = {name: cpu_of(pids, name == PG_GROUP) for name, pids in {**groups, **sink_gen}.items()}
     t0 = time.monotonic()
-    gen.start(product.port, size, sessions, count)
+    gen.start(product.ports, size, sessions, count)
     arrived = sink.wait(count, RUN_TIMEOUT)
     sent = gen.result()
     SENT[0] += sent["done"]
@@ -755,8 +878,9 @@ def one_run(
     wait_drained(product)
     groups = product.groups()  # a pool process may have been replaced
     after = {name: cpu_of(pids, name == PG_GROUP) for name, pids in {**groups, **sink_gen}.items()}
+    counters1 = product.counters()
     busy = foreign_cores(others, other_programs(product), time.monotonic() - t0)
-    tasks1 = celery_totals(app, node)
+    tasks1 = celery_totals(app, product.celery_names)
     wall = arrived["nth"] - sent["first_mail"]
     return Run(
         rate=count / wall,
@@ -770,6 +894,8 @@ def one_run(
         },
         tasks={k: v - tasks0.get(k, 0) for k, v in tasks1.items() if v - tasks0.get(k, 0)},
         foreign=busy,
+        counters={k: v - counters0.get(k, 0.0) for k, v in counters1.items()},
+        split=list(sent.get("per_port", [])),
     )
 
 
@@ -778,20 +904,19 @@ def measure(
     sink: SinkProcess,
     gen: Generator,
     app: Any,
-    node: str,
     size: int,
     sessions: int,
     count: int,
     repeats: int,
     quiet: Quiet,
 ) -> Cell:
-    one_run(product, sink, gen, app, node, size, sessions, WARMUP[size])  # warm-up
+    one_run(product, sink, gen, app, size, sessions, WARMUP[size])  # warm-up
     runs: list[Run] = []
     attempts = 0
     while len(runs) < repeats:
         attempts += 1
         quiet.wait(FOREIGN_LIMIT)
-        run = one_run(product, sink, gen, app, node, size, sessions, count)
+        run = one_run(product, sink, gen, app, size, sessions, count)
         if run.foreign > FOREIGN_LIMIT and attempts < repeats + RETRIES[0]:
             print(f"    (run again: other programs used {run.foreign:.2f} cores)", file=sys.stderr)
             continue
@@ -801,7 +926,8 @@ def measure(
             f"(accepted at {run.accept_rate:.0f} msg/s, first at the sink after "
             f"{run.first_latency * 1000:.0f} ms), product "
             f"{sum(u + s for n, (u, s) in run.cpu.items() if n.startswith(PRODUCT_GROUPS)) / count * 1000:.1f} "  # noqa: E501
-            f"ms CPU/msg, tasks {run.tasks}, other programs {run.foreign:.2f} cores",
+            f"ms CPU/msg, tasks {run.tasks}, other programs {run.foreign:.2f} cores"
+            + (f", per server {run.split}" if len(run.split) > 1 else ""),
             file=sys.stderr,
         )
     return Cell(size, sessions, count, runs)
@@ -815,7 +941,6 @@ def profile(
     sink: SinkProcess,
     gen: Generator,
     app: Any,
-    node: str,
     count: int,
     out: Path,
 ) -> list[str]:
@@ -849,7 +974,7 @@ def profile(
             )
         time.sleep(1.0)
         try:
-            run = one_run(product, sink, gen, app, node, 1 * KB, 10, count)
+            run = one_run(product, sink, gen, app, 1 * KB, 10, count)
         finally:
             for proc in spies.values():
                 if proc.poll() is None:
@@ -1121,7 +1246,7 @@ def main() -> int:
 
             sink = SinkProcess(work)
             gen = Generator()
-            port = free_port()
+            nodes = [Node(NODE, SERVER, free_port())]
             env = {
                 **os.environ,
                 "PYTHONPATH": os.pathsep.join(
@@ -1143,17 +1268,18 @@ def main() -> int:
             product = Product(
                 env,
                 work,
-                port,
+                nodes,
                 redis_url,
                 redis_pid,
                 args.concurrency,
                 args.prefetch_multiplier,
                 postgres=db_url.startswith("postgres"),
+                db_url=db_url,
             )
             t = time.monotonic()
             product.run("manage.py", "migrate", "--noinput", timeout=300)
             doc = work / "site.json"
-            doc.write_text(json.dumps(site_document(port, sink.port), indent=2))
+            doc.write_text(json.dumps(site_document(nodes, sink.port), indent=2))
             product.run("manage.py", "config", "import", str(doc))
             product.run(
                 "-c",
@@ -1163,19 +1289,16 @@ def main() -> int:
             )
             print(f"  database ready in {time.monotonic() - t:.1f} s ({db})", file=sys.stderr)
             app = Celery("bench-relay", broker=redis_url, set_as_current=False)
-            node = f"bench-relay-{os.getpid()}@{socket.gethostname()}"
             try:
                 product.start()
                 print(
                     f"  product started ({time.monotonic() - started:.0f} s); "
-                    f"sink on 127.0.0.1:{sink.port}, product on 127.0.0.1:{port}",
+                    f"sink on 127.0.0.1:{sink.port}, product on 127.0.0.1:{nodes[0].port}",
                     file=sys.stderr,
                 )
                 for (size, sessions), count in cells_wanted.items():
                     cells.append(
-                        measure(
-                            product, sink, gen, app, node, size, sessions, count, repeats, quiet
-                        )
+                        measure(product, sink, gen, app, size, sessions, count, repeats, quiet)
                     )
                 if args.profile:
                     profile_lines = profile(
@@ -1183,7 +1306,6 @@ def main() -> int:
                         sink,
                         gen,
                         app,
-                        node,
                         max(600, cells_wanted[(1 * KB, 10)]),
                         args.profile,
                     )
