@@ -176,6 +176,9 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_TIME_LIMIT = 300
 CELERY_TASK_SOFT_TIME_LIMIT = 240
+# Celery's Django fix-up closes the database connections after every task unless this is
+# set; mailadmin/celery.py recycles them as Django does per request (CONN_MAX_AGE).
+CELERY_DB_REUSE_MAX = 1_000_000_000
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_SERIALIZER = "json"

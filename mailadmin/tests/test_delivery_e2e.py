@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import redis
+from django.db import connection
 from django.db.models import Count
 from rest_framework.test import APIClient
 
@@ -179,3 +180,31 @@ def test_a_killed_celery_worker_loses_nothing_and_duplicates_little(
     assert duplicates <= 2 * kills
     states = Message.objects.filter(queue_id__in=acked).values("state").annotate(n=Count("id"))
     assert {row["state"]: row["n"] for row in states} == {"delivered": 60}
+
+
+def test_celery_workers_keep_their_postgresql_connections(
+    api: APIClient, stack: Stack, sink: Sink, django_capture_on_commit_callbacks: Any
+) -> None:
+    """One PostgreSQL server process per worker process, not one per task (CONN_MAX_AGE
+    is honoured in Celery: mailadmin/celery.py)."""
+    if connection.vendor != "postgresql":
+        pytest.skip("connection reuse is a PostgreSQL setting (CONN_MAX_AGE 0 on SQLite)")
+    address = configure(api, sink, django_capture_on_commit_callbacks)
+    stack.smtp(), stack.worker(concurrency=1)
+    stack.wait_smtp_applied(ConfigSnapshot.objects.latest().pk)
+
+    def backends() -> set[tuple[int, str]]:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pid, backend_start::text FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            return set(cursor.fetchall())
+
+    warm = send(address, 3, "warm")
+    until(lambda: all_done(warm), timeout=30, interval=0.2)
+    before = backends()
+    for round_ in range(5):  # separate hand-off batches, so separate tasks
+        acked = send(address, 2, f"reuse{round_}")
+        until(lambda acked=acked: all_done(acked), timeout=30, interval=0.1)
+    assert backends() == before and len(before) >= 1
