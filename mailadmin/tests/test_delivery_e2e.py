@@ -206,5 +206,5 @@ def test_celery_workers_keep_their_postgresql_connections(
     before = backends()
     for round_ in range(5):  # separate hand-off batches, so separate tasks
         acked = send(address, 2, f"reuse{round_}")
-        until(lambda acked=acked: all_done(acked), timeout=30, interval=0.1)
+        until(functools.partial(all_done, acked), timeout=30, interval=0.1)
     assert backends() == before and len(before) >= 1
