@@ -89,12 +89,15 @@ def spool_orphans(*, node: str, enqueue: Enqueue, now: float | None = None) -> i
     ``node`` (their relay task records them), and delete those of finished messages. Run
     it on the node that owns the spools; returns how many orphans it enqueued.
 
+    Only servers assigned to ``node`` (or to every node) are looked at: nodes on one
+    machine may share a mail root, and another node's files are that node's to hand off.
     Files younger than HANDOFF_GRACE are left alone: their hand-off is on its way. A
     finished message's files are normally removed when it finishes; they are left over
     when a process died in between, or a power cut undid the removal (not fsync'd)."""
     cutoff = (time.time() if now is None else now) - HANDOFF_GRACE.total_seconds()
     found = 0
-    for name in VirtualServer.objects.values_list("name", flat=True):
+    servers = VirtualServer.objects.filter(Q(node=node) | Q(node=""))
+    for name in servers.values_list("name", flat=True):
         spool = spool_for(name)
         ids = spool.ids()
         states: dict[str, str] = {}

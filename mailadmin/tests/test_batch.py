@@ -249,6 +249,24 @@ def test_the_spool_sweep_waits_for_the_hand_off_and_cleans_up_finished_messages(
     assert sorted(spool_for("Relay").ids()) == sorted([young, orphan, queued])
 
 
+def test_a_node_sweeps_only_the_spools_of_its_own_servers(api: APIClient, sink: Sink) -> None:
+    # Two nodes on one machine share the mail root: node n2's old orphan is n2's to send.
+    make_server(api, delivery={"smart_host": sink.smart_host})
+    make_server(
+        api, name="Other", node="n2", bindings=["127.0.0.3:2525"], default_domain="other.test"
+    )
+    mine = spooled("a@corp.test", "old@example.test", at=time.time() - 60)
+    theirs = spooled("a@other.test", "old@example.test", server="Other", at=time.time() - 60)
+    sent: list[tuple[str, list[str], str]] = []
+    found = sweep_services.spool_orphans(
+        node="n1", enqueue=lambda s, ids, n: sent.append((s, ids, n))
+    )
+    assert found == 1 and sent == [("Relay", [mine], "n1")]
+    sent.clear()
+    sweep_services.spool_orphans(node="n2", enqueue=lambda s, ids, n: sent.append((s, ids, n)))
+    assert sorted(sent) == [("Other", [theirs], "n2"), ("Relay", [mine], "n2")]
+
+
 def test_the_hand_off_sends_one_task_per_batch_to_the_node_queue(test_redis: str) -> None:
     executor = ThreadPoolExecutor(max_workers=2)
     node = f"hx{os.getpid()}"
