@@ -44,6 +44,7 @@ _RELAY_LIMIT = max(10, settings.MAILADMIN_DELIVERY_LEASE_SECONDS - 15)
 def relay_batch(server_name: str, queue_ids: list[str], node: str = "") -> dict[str, int]:
     """Record the new ones among spooled messages (spooled by ``node``), then deliver
     those that are due; how many ended which way."""
+    _forget_enqueued(queue_ids)
     results = messages_deliver(server_name=server_name, queue_ids=queue_ids, node=node)
     return dict(Counter(results.values()))
 
@@ -58,6 +59,7 @@ def relay_batch(server_name: str, queue_ids: list[str], node: str = "") -> dict[
 def relay_message(server_name: str, queue_id: str, node: str = "") -> str:
     """Record a spooled message if new (spooled by ``node``), then deliver it if it is due:
     :func:`relay_batch` with one id."""
+    _forget_enqueued([queue_id])
     return messages_deliver(server_name=server_name, queue_ids=[queue_id], node=node)[queue_id]
 
 
@@ -109,6 +111,15 @@ def _not_enqueued(queue_ids: list[str]) -> list[str]:
     except redis.RedisError:
         return queue_ids  # Redis down: the send below will fail too and the sweep retries
     return [q for q, new in zip(queue_ids, fresh, strict=True) if new]
+
+
+def _forget_enqueued(queue_ids: list[str]) -> None:
+    # The task is running: from now on a new one may be sent. A message it defers soon
+    # (its next hop at a connection limit: again in 5 s) must not wait out the key.
+    try:
+        _redis().delete(*(f"mailadmin:enqueued:{queue_id}" for queue_id in queue_ids))
+    except redis.RedisError:
+        pass  # the key expires by itself
 
 
 def enqueue_relay(server_name: str, queue_id: str, node: str = "") -> None:

@@ -22,6 +22,7 @@ import redis
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from mailadmin.celery import app as celery_app
 from mailadmin.models import (
     Attempt,
     Message,
@@ -33,7 +34,7 @@ from mailadmin.models import (
 from mailadmin.services import sweep as sweep_services
 from mailadmin.services.delivery import messages_deliver
 from mailadmin.services.queue import spool_for
-from mailadmin.tasks import relay_batch
+from mailadmin.tasks import enqueue_relays, relay_batch
 from mailadmin.tests.stack import until
 from mailadmin.tests.test_delivery import BODY, make_server, spool
 from smtpworker.handoff import Handoff, delivery_queue
@@ -229,6 +230,25 @@ def test_the_sweep_enqueues_due_messages_in_batches(api: APIClient, sink: Sink) 
     assert result == {"due": 3}
     assert sorted(sent[0][1]) == sorted(due) and sent[0][::2] == ("Relay", "n1")
     assert fresh not in sent[0][1]
+
+
+def test_a_running_task_lets_its_messages_be_enqueued_again(
+    api: APIClient, sink: Sink, test_redis: str
+) -> None:
+    # A message deferred soon (its next hop full: again in 5 s) must not wait out the
+    # minute-long mark that keeps the sweep from sending a second task for it.
+    make_server(api, delivery={"smart_host": sink.smart_host})
+    sink.mode = "451"
+    queue_id = spool("a@corp.test", "u@example.test")
+    marked = redis.Redis.from_url(test_redis)
+    enqueue_relays("Relay", [queue_id], "n1")
+    assert marked.exists(f"mailadmin:enqueued:{queue_id}")
+    relay_batch("Relay", [queue_id], "n1")  # the task's body, as a worker runs it
+    assert not marked.exists(f"mailadmin:enqueued:{queue_id}")
+    marked.close()
+    broker = redis.Redis.from_url(str(celery_app.conf.broker_url))
+    broker.delete(delivery_queue("n1"))  # the task sent above: no worker here takes it
+    broker.close()
 
 
 def test_the_spool_sweep_waits_for_the_hand_off_and_cleans_up_finished_messages(
