@@ -19,7 +19,6 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from mailadmin.api.filters import refuse_null_characters
 from mailadmin.api.queue_views import NewestFirst
 from mailadmin.api.schema import ApiSchema
 from mailadmin.models import Message, MessageState
@@ -83,7 +82,6 @@ class TrackingViewSet(mixins.ListModelMixin, viewsets.GenericViewSet):
 
     def get_queryset(self) -> QuerySet[Message]:
         params = self.request.query_params
-        refuse_null_characters(params, "q", "since", "until")
         found = tracked_messages(
             q=params.get("q") or "", since=_moment(params, "since"), until=_moment(params, "until")
         )

@@ -42,15 +42,3 @@ def test_the_api_sums_per_minute_and_per_hour(api: APIClient) -> None:
     assert len(day) in (24, 25) and sum(b["accepted"] for b in day) == 13
     with pytest.raises(ValueError):
         traffic_add("Relay", exploded=1)
-
-
-@pytest.mark.parametrize(
-    ("path", "param"), [("/api/v1/traffic/", "server"), ("/api/v1/tracking/", "q")]
-)
-def test_a_nul_byte_in_a_query_parameter_is_a_field_error(
-    api: APIClient, path: str, param: str
-) -> None:
-    # PostgreSQL cannot compare a text holding NUL: it must not reach the query (a 500).
-    response = api.get(path, {param: "Relay\x00"})
-    assert response.status_code == 400
-    assert response.json() == {param: ["Null characters are not allowed."]}
