@@ -36,9 +36,9 @@ from mailadmin.services.delivery import messages_deliver
 from mailadmin.services.queue import spool_for
 from mailadmin.tasks import enqueue_relays, relay_batch
 from mailadmin.tests.stack import until
-from mailadmin.tests.test_delivery import BODY, make_server, spool
+from mailadmin.tests.test_delivery import make_server, spool
 from smtpworker.handoff import Handoff, delivery_queue
-from smtpworker.spool import Envelope, new_queue_id
+from smtpworker.spool import new_queue_id
 from smtpworker.tests.sink import Sink
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("mailroot")]
@@ -46,23 +46,7 @@ pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("
 
 def spooled(sender: str, *recipients: str, server: str = "Relay", at: float | None = None) -> str:
     """A message in the spool only, as the SMTP worker leaves it before its hand-off."""
-    now = time.time() if at is None else at
-    queue_id = new_queue_id(now)
-    envelope = Envelope(
-        queue_id=queue_id,
-        server=server,
-        sender=sender,
-        recipients=recipients,
-        received_at=now,
-        client_ip="127.0.0.9",
-        client_helo="client.test",
-        auth_user=None,
-        size=len(BODY),
-        smtputf8=False,
-        body_8bit=False,
-    )
-    spool_for(server).store(envelope, BODY)
-    return queue_id
+    return spool(sender, *recipients, server=server, at=at, record=False)
 
 
 def state(queue_id: str) -> str:

@@ -10,7 +10,6 @@ import base64
 import json
 import re
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,15 +28,7 @@ from mailadmin.tests.test_delivery import make_server, run, spool
 from smtpworker.handoff import RELAY_TASK, delivery_queue
 from smtpworker.tests.sink import Sink
 
-pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def mailroot(settings: Any, tmp_path: Path) -> Path:
-    settings.MAILADMIN_MAILROOT = tmp_path / "mailroot"
-    settings.MAILADMIN_DELIVERY_MINUTE = 0.01
-    settings.MAILADMIN_OUTBOUND_TIMEOUT_CAP = 3
-    return Path(settings.MAILADMIN_MAILROOT)
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("mailroot")]
 
 
 @pytest.fixture

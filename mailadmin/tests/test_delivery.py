@@ -29,6 +29,7 @@ from mailadmin.services import reports
 from mailadmin.services.delivery import message_deliver
 from mailadmin.services.queue import current_config, message_ingest, spool_for
 from mailadmin.services.slots import outbound_slots
+from mailadmin.tests.conftest import make_server as make_any_server
 from smtpworker.spool import Envelope, new_queue_id
 from smtpworker.tests.dnsserver import DnsServer
 from smtpworker.tests.sink import Sink
@@ -39,25 +40,28 @@ BODY = b"From: a@corp.test\r\nTo: b@example.test\r\nSubject: Quarterly numbers\r
 
 
 def make_server(api: APIClient, **fields: Any) -> dict[str, Any]:
-    body = {
-        "name": "Relay",
-        "default_domain": "corp.test",
-        "bindings": ["127.0.0.2:2525"],
-        **fields,
-    }
-    response = api.post("/api/v1/servers/", body, format="json")
-    assert response.status_code == 201, response.content
-    return response.json()
+    """conftest's make_server, as the delivery tests' relay "Relay" for corp.test."""
+    return make_any_server(api, **{"name": "Relay", "default_domain": "corp.test", **fields})
 
 
-def spool(sender: str, *recipients: str, data: bytes = BODY, server: str = "Relay") -> str:
-    queue_id = new_queue_id()
+def spool(
+    sender: str,
+    *recipients: str,
+    data: bytes = BODY,
+    server: str = "Relay",
+    at: float | None = None,
+    record: bool = True,
+) -> str:
+    """Spool a message as the SMTP worker would (received ``at``, default now) and, with
+    ``record``, record it as its hand-off would; return its queue id."""
+    received = time.time() if at is None else at
+    queue_id = new_queue_id(received)
     envelope = Envelope(
         queue_id=queue_id,
         server=server,
         sender=sender,
         recipients=recipients,
-        received_at=time.time(),
+        received_at=received,
         client_ip="127.0.0.9",
         client_helo="client.test",
         auth_user=None,
@@ -66,7 +70,8 @@ def spool(sender: str, *recipients: str, data: bytes = BODY, server: str = "Rela
         body_8bit=False,
     )
     spool_for(server).store(envelope, data)
-    assert message_ingest(server_name=server, queue_id=queue_id) is not None
+    if record:
+        assert message_ingest(server_name=server, queue_id=queue_id) is not None
     return queue_id
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import gc
 import itertools
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -52,9 +51,8 @@ from mailadmin.models import (
     SmtpUser,
     VirtualServer,
 )
-from mailadmin.services.queue import message_ingest, spool_for
+from mailadmin.tests.test_delivery import spool
 from mailadmin.wsgi import application
-from smtpworker.spool import Envelope, new_queue_id
 
 # Generated multipart bodies big enough for Django to spool to temporary files: one that a
 # parser then refuses is closed by its finaliser, not explicitly (Django and DRF
@@ -133,23 +131,12 @@ def site(settings: Any, tmp_path: Path, admin_user: User) -> dict[str, list[str]
     Returns, per path prefix, path parameter values that exist."""
     settings.MAILADMIN_MAILROOT = tmp_path / "mailroot"
     configdoc.document_import(json.loads((EXAMPLES / "typical-site.json").read_text()), author="t")
-    queue_id = new_queue_id()
-    data = b"Subject: queued\r\n\r\nhello\r\n"
-    envelope = Envelope(
-        queue_id=queue_id,
+    queue_id = spool(
+        "a@corp.test",
+        "b@example.com",
+        data=b"Subject: queued\r\n\r\nhello\r\n",
         server="CorpServer",
-        sender="a@corp.test",
-        recipients=("b@example.com",),
-        received_at=time.time(),
-        client_ip="127.0.0.9",
-        client_helo="client.test",
-        auth_user=None,
-        size=len(data),
-        smtputf8=False,
-        body_8bit=False,
     )
-    spool_for("CorpServer").store(envelope, data)
-    assert message_ingest(server_name="CorpServer", queue_id=queue_id) is not None
     return {
         "/api/v1/servers/": [str(pk) for pk in VirtualServer.objects.values_list("pk", flat=True)],
         "/api/v1/domains/": [str(pk) for pk in Domain.objects.values_list("pk", flat=True)],

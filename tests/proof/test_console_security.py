@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,8 +39,7 @@ from mailadmin.models import (
     SmtpUser,
     VirtualServer,
 )
-from mailadmin.services.queue import message_ingest, spool_for
-from smtpworker.spool import Envelope, new_queue_id
+from mailadmin.tests.test_delivery import spool
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fast_hashing")]
 
@@ -153,23 +151,12 @@ def site(settings: Any, tmp_path: Path, admin_user: User) -> Site:
 
 
 def _queued_message() -> str:
-    queue_id = new_queue_id()
-    data = b"Subject: queued\r\n\r\nhello\r\n"
-    envelope = Envelope(
-        queue_id=queue_id,
+    queue_id = spool(
+        "a@corp.test",
+        "b@example.com",
+        data=b"Subject: queued\r\n\r\nhello\r\n",
         server="CorpServer",
-        sender="a@corp.test",
-        recipients=("b@example.com",),
-        received_at=time.time(),
-        client_ip="127.0.0.9",
-        client_helo="client.test",
-        auth_user=None,
-        size=len(data),
-        smtputf8=False,
-        body_8bit=False,
     )
-    spool_for("CorpServer").store(envelope, data)
-    assert message_ingest(server_name="CorpServer", queue_id=queue_id) is not None
     return queue_id
 
 
