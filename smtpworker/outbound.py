@@ -397,14 +397,7 @@ class Connection:
             return
         self._stage = "sending DATA"
         code, reply = smtp.docmd("DATA")
-        if code == 354:
-            self._stage = "sending the message"
-            smtp.send(payload)
-            self._stage = "waiting for the reply to the message"
-            code, reply = smtp.getreply()
-        self._closing = code == 421
-        for index in accepted:
-            verdicts[index] = RecipientResult(recipients[index], code, _text(reply))
+        self._data(smtp, code, reply, recipients, accepted, payload, verdicts)
 
     def _pipelined(
         self,
@@ -421,9 +414,7 @@ class Connection:
         self.transactions += 1
         sent = [i for i, r in enumerate(recipients) if not _UNSAFE_IN_ADDRESS.search(r)]
         for index in set(range(len(recipients))) - set(sent):
-            verdicts[index] = RecipientResult(
-                recipients[index], 553, "5.1.3 The address has characters SMTP cannot carry"
-            )
+            verdicts[index] = _unsendable(recipients[index])
         if not sent:
             return
         group = ["RSET\r\n"] if reset else []
@@ -475,12 +466,26 @@ class Connection:
                 return
         self._stage = "waiting for the reply to DATA"
         code, reply = smtp.getreply()
+        if code == 354 and not accepted:  # RFC 2920 3.1: DATA taken, no recipient: end it
+            self._stage = "ending an empty message"
+            smtp.send(b".\r\n")
+            smtp.getreply()
+            return
+        self._data(smtp, code, reply, recipients, accepted, payload, verdicts)
+
+    def _data(
+        self,
+        smtp: _Client,
+        code: int,
+        reply: bytes,
+        recipients: Sequence[str],
+        accepted: list[int],
+        payload: bytes,
+        verdicts: list[RecipientResult | None],
+    ) -> None:
+        """After DATA's reply: the message follows a 354, and its reply (or DATA's
+        refusal) is every accepted recipient's outcome."""
         if code == 354:
-            if not accepted:  # RFC 2920 3.1: DATA taken with no recipient: end it empty
-                self._stage = "ending an empty message"
-                smtp.send(b".\r\n")
-                smtp.getreply()
-                return
             self._stage = "sending the message"
             smtp.send(payload)
             self._stage = "waiting for the reply to the message"
@@ -496,9 +501,7 @@ class Connection:
         self._stage = "sending RCPT TO"
         for index, recipient in enumerate(recipients):
             if _UNSAFE_IN_ADDRESS.search(recipient):
-                verdicts[index] = RecipientResult(
-                    recipient, 553, "5.1.3 The address has characters SMTP cannot carry"
-                )
+                verdicts[index] = _unsendable(recipient)
                 continue
             code, reply = smtp.docmd("RCPT", f"TO:<{recipient}>")
             verdicts[index] = RecipientResult(recipient, code, _text(reply))
@@ -580,6 +583,10 @@ class Connection:
         if timed_out:
             return SessionError(f"4.4.2 {self.peer} timed out while {self._stage}")
         return SessionError(f"4.4.2 Lost connection with {self.peer} while {self._stage}: {exc}")
+
+
+def _unsendable(recipient: str) -> RecipientResult:
+    return RecipientResult(recipient, 553, "5.1.3 The address has characters SMTP cannot carry")
 
 
 def _text(reply: bytes | str) -> str:
