@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
+from typing import Any
 
 import redis
 from celery import shared_task
@@ -29,18 +30,19 @@ def config_republish() -> int:
     return _config_republish()
 
 
-# Inside the delivery lease: Celery stops a run before its messages could be claimed again
-# (a run also stops starting new messages when its lease runs short).
+# Both relay tasks are acknowledged late and stopped inside the delivery lease, before
+# their messages could be claimed again (a run also stops starting new messages when its
+# lease runs short).
 _RELAY_LIMIT = max(10, settings.MAILADMIN_DELIVERY_LEASE_SECONDS - 15)
+_RELAY_OPTIONS: dict[str, Any] = {
+    "ignore_result": True,
+    "acks_late": True,
+    "time_limit": _RELAY_LIMIT,
+    "soft_time_limit": _RELAY_LIMIT - 5,
+}
 
 
-@shared_task(
-    name=RELAY_BATCH_TASK,
-    ignore_result=True,
-    acks_late=True,
-    time_limit=_RELAY_LIMIT,
-    soft_time_limit=_RELAY_LIMIT - 5,
-)
+@shared_task(name=RELAY_BATCH_TASK, **_RELAY_OPTIONS)
 def relay_batch(server_name: str, queue_ids: list[str], node: str = "") -> dict[str, int]:
     """Record the new ones among spooled messages (spooled by ``node``), then deliver
     those that are due; how many ended which way."""
@@ -49,13 +51,7 @@ def relay_batch(server_name: str, queue_ids: list[str], node: str = "") -> dict[
     return dict(Counter(results.values()))
 
 
-@shared_task(
-    name=RELAY_TASK,
-    ignore_result=True,
-    acks_late=True,
-    time_limit=_RELAY_LIMIT,
-    soft_time_limit=_RELAY_LIMIT - 5,
-)
+@shared_task(name=RELAY_TASK, **_RELAY_OPTIONS)
 def relay_message(server_name: str, queue_id: str, node: str = "") -> str:
     """Record a spooled message if new (spooled by ``node``), then deliver it if it is due:
     :func:`relay_batch` with one id."""

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import redis
+from django.conf import settings as conf
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -34,7 +35,7 @@ from mailadmin.models import (
 from mailadmin.services import sweep as sweep_services
 from mailadmin.services.delivery import messages_deliver
 from mailadmin.services.queue import spool_for
-from mailadmin.tasks import enqueue_relays, relay_batch
+from mailadmin.tasks import enqueue_relays, relay_batch, relay_message
 from mailadmin.tests.stack import until
 from mailadmin.tests.test_delivery import make_server, spool
 from smtpworker.handoff import Handoff, delivery_queue
@@ -312,3 +313,14 @@ def test_the_hand_off_sends_one_task_per_batch_to_the_node_queue(test_redis: str
     finally:
         broker.delete(queue)
         broker.close()
+
+
+@pytest.mark.parametrize("task", [relay_batch, relay_message])
+def test_relay_tasks_ack_late_and_stop_inside_the_lease(task: Any) -> None:
+    # Celery is only the carrier: a task whose worker died is delivered again by the
+    # broker, and a slow run is stopped before the lease lets another run claim its
+    # messages, long before the broker's visibility time-out would redeliver the task.
+    assert task.acks_late and conf.CELERY_TASK_REJECT_ON_WORKER_LOST
+    assert task.soft_time_limit < task.time_limit < conf.MAILADMIN_DELIVERY_LEASE_SECONDS
+    visibility = conf.CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"]
+    assert conf.MAILADMIN_DELIVERY_LEASE_SECONDS < visibility
