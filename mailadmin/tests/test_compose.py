@@ -171,6 +171,14 @@ def test_mail_data_is_one_volume_shared_by_every_mail_process(compose, services)
     assert f"-s {DATA_DIR}/" in command_line(services["beat"])
 
 
+def test_the_delivery_workers_consume_the_queue_the_smtp_worker_hands_off_to(services):
+    # The SMTP worker hands mail to delivery.<its --node>; a Celery worker consumes the
+    # delivery queue of its MAILADMIN_NODE: the two must name the same node.
+    smtp_node = command_line(services["smtp"]).split("--node ", 1)[1].split()[0]
+    assert environment(services["worker"])["MAILADMIN_NODE"] == smtp_node
+    assert environment(services["smtp"])["MAILADMIN_NODE"] == smtp_node
+
+
 def test_readme_says_how_to_create_each_secret(compose):
     readme = (ROOT / "README.md").read_text()
     assert README_SECTION in readme
