@@ -71,12 +71,16 @@ def test_a_child_that_exits_is_started_again(run_module: ModuleType, tmp_path: P
     assert supervisor.children["child"].poll() is not None
 
 
-def test_a_child_that_keeps_dying_at_once_stops_everything(run_module: ModuleType) -> None:
-    supervisor, thread, result = supervised(
-        run_module, (sys.executable, "-c", "import sys; sys.exit(3)")
-    )
+def test_a_child_that_keeps_dying_at_once_stops_everything(
+    run_module: ModuleType, tmp_path: Path
+) -> None:
+    starts = tmp_path / "starts"
+    script = f"import pathlib, sys; pathlib.Path({str(starts)!r}).open('a').write('x'); sys.exit(3)"
+    supervisor, thread, result = supervised(run_module, (sys.executable, "-c", script))
     try:
         thread.join(10)
     finally:
         supervisor.stop()
     assert result == [1]
+    # Started again after each quick exit, until the limit: not given up at the first.
+    assert len(starts.read_text()) == run_module.RESTART_LIMIT
