@@ -23,7 +23,9 @@ def _refused(exc: SuspiciousOperation) -> ParseError:
     return ParseError(f"The request body was refused: {exc}")
 
 
-class FormParser(parsers.FormParser):
+class _Refusals400(parsers.BaseParser):
+    """Mixed in before a DRF form parser: Django's refusals of the body become ParseErrors."""
+
     def parse(self, stream: Any, media_type: Any = None, parser_context: Any = None) -> Any:
         try:
             return super().parse(stream, media_type, parser_context)
@@ -31,12 +33,12 @@ class FormParser(parsers.FormParser):
             raise _refused(exc) from exc
 
 
-class MultiPartParser(parsers.MultiPartParser):
-    def parse(self, stream: Any, media_type: Any = None, parser_context: Any = None) -> Any:
-        try:
-            return super().parse(stream, media_type, parser_context)
-        except SuspiciousOperation as exc:
-            raise _refused(exc) from exc
+class FormParser(_Refusals400, parsers.FormParser):
+    pass
+
+
+class MultiPartParser(_Refusals400, parsers.MultiPartParser):
+    pass
 
 
 # For the views that read a body (DRF's defaults, in the same order).
