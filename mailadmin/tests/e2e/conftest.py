@@ -10,11 +10,18 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from mailadmin.models import Message
+from mailadmin.tests.test_delivery import spool
+from smtpworker.tests.sink import Sink
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parents[3] / "test-artifacts"
@@ -98,3 +105,46 @@ def _private_redis_db(settings: Any) -> None:
 @pytest.fixture
 def e2e_admin(transactional_db: None) -> User:
     return User.objects.create_superuser("admin", "admin@example.test", ADMIN_PASSWORD)
+
+
+# --- a relay with mail in its queue, for the queue and tracking pages ----------------------
+
+BODY = (
+    "From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\n"
+    "Message-ID: <{n}@corp.example.com>\r\nDate: Mon, 1 Dec 2025 09:00:00 +0000\r\n"
+    "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nHello.\r\n"
+)
+
+
+@pytest.fixture
+def corp_relay(e2e_admin: User, sink: Sink, settings: Any, tmp_path: Path) -> tuple[APIClient, int]:
+    """An API client logged in as the admin, and the id of "CorpRelay" (corp.example.com,
+    smart host: the sink), with a private mail root."""
+    settings.MAILADMIN_MAILROOT = tmp_path / "mailroot"
+    settings.MAILADMIN_OUTBOUND_TIMEOUT_CAP = 3
+    api = APIClient()
+    api.force_login(e2e_admin)
+    response = api.post(
+        "/api/v1/servers/",
+        {
+            "name": "CorpRelay",
+            "default_domain": "corp.example.com",
+            "bindings": ["127.0.0.2:2525"],
+            "delivery": {"smart_host": sink.smart_host},
+        },
+        format="json",
+    )
+    assert response.status_code == 201, response.content
+    return api, int(response.json()["id"])
+
+
+def spool_mail(n: int, sender: str, to: str, subject: str) -> str:
+    """Queue message number ``n`` on CorpRelay, as received over SMTP; its queue id."""
+    data = BODY.format(sender=sender, to=to, subject=subject, n=n).encode()
+    return spool(sender, to, data=data, server="CorpRelay")
+
+
+def received_ago(queue_id: str, minutes: int, **fields: Any) -> None:
+    """Date the message's arrival back (and set other recorded fields)."""
+    received = timezone.now() - timedelta(minutes=minutes)
+    Message.objects.filter(queue_id=queue_id).update(received_at=received, **fields)

@@ -14,23 +14,18 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import User
 from django.utils import timezone
 from playwright.sync_api import Browser, Page, expect
 from rest_framework.test import APIClient
 
 from mailadmin.models import Message, MessageState
 from mailadmin.services.traffic import traffic_add, traffic_add_rejected
+from mailadmin.tests.e2e.conftest import received_ago, spool_mail
 from mailadmin.tests.e2e.test_console_screens import log_in, shot
-from mailadmin.tests.test_delivery import run, spool
+from mailadmin.tests.test_delivery import run
 from smtpworker.tests.factories import free_port
 from smtpworker.tests.sink import Sink
 
-BODY = (
-    "From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\n"
-    "Message-ID: <{n}@corp.example.com>\r\nDate: Mon, 1 Dec 2025 09:00:00 +0000\r\n"
-    "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nHello.\r\n"
-)
 MAIL = [  # sender, recipient, subject, minutes ago
     ("alice@corp.example.com", "bob@example.net", "Quarterly numbers", 38),
     ("payroll@corp.example.com", "bank@example.net", "Payroll batch 2025-12", 130),
@@ -49,26 +44,13 @@ def sink() -> Iterator[Sink]:
 
 
 @pytest.fixture
-def queued(e2e_admin: User, sink: Sink, settings: Any, tmp_path: Any) -> dict[str, str]:
+def queued(corp_relay: tuple[APIClient, int]) -> dict[str, str]:
     """Subject -> queue id, for mail deferred, refused and not yet tried."""
-    settings.MAILADMIN_MAILROOT = tmp_path / "mailroot"
-    settings.MAILADMIN_OUTBOUND_TIMEOUT_CAP = 3
-    api = APIClient()
-    api.force_login(e2e_admin)
-    server = api.post(
-        "/api/v1/servers/",
-        {
-            "name": "CorpRelay",
-            "default_domain": "corp.example.com",
-            "bindings": ["127.0.0.2:2525"],
-            "delivery": {"smart_host": sink.smart_host},
-        },
-        format="json",
-    ).json()
+    api, server = corp_relay
     api.post(
         "/api/v1/domains/",
         {
-            "server": server["id"],
+            "server": server,
             "name": "partner.example.org",
             "type": "remote",
             "relay_allowed": True,
@@ -79,12 +61,10 @@ def queued(e2e_admin: User, sink: Sink, settings: Any, tmp_path: Any) -> dict[st
     )
     ids = {}
     for n, (sender, to, subject, age) in enumerate(MAIL):
-        data = BODY.format(sender=sender, to=to, subject=subject, n=n).encode()
-        ids[subject] = spool(sender, to, data=data, server="CorpRelay")
+        ids[subject] = spool_mail(n, sender, to, subject)
         if n not in (3, 5):  # two stay untried (Ready)
             assert run(ids[subject]) == "retry"
-        received = timezone.now() - timedelta(minutes=age)
-        Message.objects.filter(queue_id=ids[subject]).update(received_at=received)
+        received_ago(ids[subject], age)
     past_traffic()
     return ids
 
@@ -138,10 +118,7 @@ def test_suspend_and_delete_a_queued_message(
     payroll = page.get_by_role("checkbox", name="Select “Payroll batch 2025-12”", exact=False)
     payroll.check()
     page.get_by_role("heading", level=1).click()  # focus leaves the list, so it may refresh
-    data = BODY.format(sender="zoe@corp.example.com", to="yan@example.net", subject="Lunch?", n=99)
-    newcomer = spool(
-        "zoe@corp.example.com", "yan@example.net", data=data.encode(), server="CorpRelay"
-    )
+    newcomer = spool_mail(99, "zoe@corp.example.com", "yan@example.net", "Lunch?")
     expect(page.locator(f'tr[data-queue-id="{newcomer}"]')).to_be_visible(timeout=10_000)
     expect(payroll).to_be_checked()
     payroll.uncheck()

@@ -7,26 +7,19 @@ Screenshots go to test-artifacts/screens/5x-*.png.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import User
 from django.utils import timezone
 from playwright.sync_api import Browser, Page, expect
 from rest_framework.test import APIClient
 
-from mailadmin.models import Message
+from mailadmin.tests.e2e.conftest import received_ago, spool_mail
 from mailadmin.tests.e2e.test_console_screens import log_in, shot
-from mailadmin.tests.test_delivery import run, spool
+from mailadmin.tests.test_delivery import run
 from smtpworker.tests.sink import Sink
 
-BODY = (
-    "From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\n"
-    "Message-ID: <{n}@corp.example.com>\r\nDate: Mon, 1 Dec 2025 09:00:00 +0000\r\n"
-    "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nHello.\r\n"
-)
 MAIL = [  # sender, recipient, subject, minutes ago
     ("alice@corp.example.com", "bob@example.net", "Quarterly numbers", 95),
     ("alice@corp.example.com", "carol@example.net", "Lunch on Friday?", 50),
@@ -36,37 +29,12 @@ MAIL = [  # sender, recipient, subject, minutes ago
 
 
 @pytest.fixture
-def sink() -> Iterator[Sink]:
-    with Sink() as server:
-        yield server
-
-
-@pytest.fixture
-def tracked(e2e_admin: User, sink: Sink, settings: Any, tmp_path: Any) -> dict[str, str]:
+def tracked(corp_relay: tuple[APIClient, int], sink: Sink) -> dict[str, str]:
     """Subject -> queue id; "Quarterly numbers" was deferred twice, then delivered."""
-    settings.MAILADMIN_MAILROOT = tmp_path / "mailroot"
-    settings.MAILADMIN_OUTBOUND_TIMEOUT_CAP = 3
-    api = APIClient()
-    api.force_login(e2e_admin)
-    response = api.post(
-        "/api/v1/servers/",
-        {
-            "name": "CorpRelay",
-            "default_domain": "corp.example.com",
-            "bindings": ["127.0.0.2:2525"],
-            "delivery": {"smart_host": sink.smart_host},
-        },
-        format="json",
-    )
-    assert response.status_code == 201, response.content
     ids = {}
     for n, (sender, to, subject, age) in enumerate(MAIL):
-        data = BODY.format(sender=sender, to=to, subject=subject, n=n).encode()
-        ids[subject] = spool(sender, to, data=data, server="CorpRelay")
-        received = timezone.now() - timedelta(minutes=age)
-        Message.objects.filter(queue_id=ids[subject]).update(
-            received_at=received, auth_user=sender.split("@")[0], node="mx-node-1"
-        )
+        ids[subject] = spool_mail(n, sender, to, subject)
+        received_ago(ids[subject], age, auth_user=sender.split("@")[0], node="mx-node-1")
     sink.mode = "451"
     for subject in ("Quarterly numbers", "Quarterly numbers", "Payroll batch 2025-12"):
         assert run(ids[subject]) == "retry"
