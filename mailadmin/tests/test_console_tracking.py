@@ -8,7 +8,6 @@ of the same selector and history).
 from __future__ import annotations
 
 import re
-import time
 from datetime import timedelta
 from typing import Any
 
@@ -22,7 +21,7 @@ from rest_framework.test import APIClient
 
 from mailadmin.models import Message, MessageState
 from mailadmin.services.queue import messages_delete
-from mailadmin.tests.test_delivery import make_server, run, spool
+from mailadmin.tests.test_delivery import deferred_until_expired, make_server, run, spool
 from mailadmin.tracking import parse_moment
 from smtpworker.tests.sink import Sink
 
@@ -242,22 +241,7 @@ def test_a_message_still_queued_links_to_its_queue_page(
 def test_the_history_ends_with_the_notices_the_ndr_or_the_deletion(
     client: Client, api: APIClient, sink: Sink
 ) -> None:
-    make_server(
-        api,
-        delivery={
-            "smart_host": sink.smart_host,
-            "retry_minutes": [1, 1, 1, 1],
-            "delay_notification_minutes": 5,
-            "expiration_minutes": 30,
-        },
-    )
-    sink.mode = "451"
-    queue_id = spool("a@corp.test", "b@example.test")
-    deadline = time.monotonic() + 10
-    while Message.objects.get(queue_id=queue_id).state != MessageState.BOUNCED:
-        assert time.monotonic() < deadline
-        run(queue_id)
-        time.sleep(0.02)
+    queue_id = deferred_until_expired(api, sink)
     reports = {m.subject: m.queue_id for m in Message.objects.filter(is_report=True)}
 
     html = page(client, queue_id)

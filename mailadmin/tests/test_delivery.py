@@ -276,7 +276,9 @@ def test_5xx_for_one_recipient_bounces_only_that_one(api: APIClient, sink: Sink)
     assert b"Diagnostic-Code: smtp;550 5.1.1 No such user" in data
 
 
-def test_delay_notice_once_then_expiry_ndr(api: APIClient, sink: Sink) -> None:
+def deferred_until_expired(api: APIClient, sink: Sink) -> str:
+    """A message that the sink defers until it expires (retry every "minute", a delay
+    notice after 5, expiry after 30): delay notice, then NDR. Its queue id."""
     make_server(
         api,
         delivery={
@@ -293,6 +295,11 @@ def test_delay_notice_once_then_expiry_ndr(api: APIClient, sink: Sink) -> None:
         assert time.monotonic() < deadline
         run(queue_id)
         time.sleep(0.02)
+    return queue_id
+
+
+def test_delay_notice_once_then_expiry_ndr(api: APIClient, sink: Sink) -> None:
+    queue_id = deferred_until_expired(api, sink)
     reports = reports_to("a@corp.test")
     subjects = sorted(_subject(m) for m in reports)
     assert subjects == ["Delayed: Quarterly numbers", "Undeliverable: Quarterly numbers"]

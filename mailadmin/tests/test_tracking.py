@@ -6,7 +6,6 @@ Deliveries run in-process against a real SMTP sink, as in test_delivery.
 from __future__ import annotations
 
 import json
-import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -16,9 +15,9 @@ from django.core.management import call_command
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from mailadmin.models import Message, MessageState
+from mailadmin.models import Message
 from mailadmin.services.queue import messages_delete
-from mailadmin.tests.test_delivery import make_server, run, spool
+from mailadmin.tests.test_delivery import deferred_until_expired, make_server, run, spool
 from smtpworker.tests.sink import Sink
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("mailroot")]
@@ -72,23 +71,8 @@ def test_a_message_still_in_retry_says_when_it_is_tried_next(api: APIClient, sin
 
 
 def test_delay_notice_and_ndr_are_linked_to_their_reports(api: APIClient, sink: Sink) -> None:
-    make_server(
-        api,
-        delivery={
-            "smart_host": sink.smart_host,
-            "retry_minutes": [1, 1, 1, 1],
-            "delay_notification_minutes": 5,
-            "expiration_minutes": 30,
-        },
-    )
-    sink.mode = "451"
-    queue_id = spool("a@corp.test", "b@example.test")
-    other = spool("a@corp.test", "c@example.test")  # same sender and subject, not bounced
-    deadline = time.monotonic() + 10
-    while Message.objects.get(queue_id=queue_id).state != MessageState.BOUNCED:
-        assert time.monotonic() < deadline
-        run(queue_id)
-        time.sleep(0.02)
+    queue_id = deferred_until_expired(api, sink)
+    other = spool("a@corp.test", "c@example.test")  # same sender and subject, never run
     reports = {m.subject: m.queue_id for m in Message.objects.filter(is_report=True)}
 
     (found,) = track(api, q=queue_id)
