@@ -1167,6 +1167,22 @@ def breakdown(cells: list[Cell]) -> str:
     return "\n".join(rows)
 
 
+def product_env(work: Path, db_url: str, redis_url: str, **extra: str) -> dict[str, str]:
+    """The environment of every product process of a run (as make run gives them)."""
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        "PYTHONUNBUFFERED": "1",
+        "DJANGO_SETTINGS_MODULE": "mailadmin.settings",
+        "DATABASE_URL": db_url,
+        "REDIS_URL": redis_url,
+        "CELERY_BROKER_URL": redis_url,
+        "MAILADMIN_DATA_DIR": str(work / "data"),
+        "LOG_LEVEL": "WARNING",
+        **extra,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--generator", action="store_true", help=argparse.SUPPRESS)
@@ -1247,23 +1263,15 @@ def main() -> int:
             sink = SinkProcess(work)
             gen = Generator()
             nodes = [Node(NODE, SERVER, free_port())]
-            env = {
-                **os.environ,
-                "PYTHONPATH": os.pathsep.join(
-                    filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])
-                ),
-                "PYTHONUNBUFFERED": "1",
-                "DJANGO_SETTINGS_MODULE": "mailadmin.settings",
-                "DATABASE_URL": db_url,
-                "REDIS_URL": redis_url,
-                "CELERY_BROKER_URL": redis_url,
-                "MAILADMIN_MAILROOT": str(work / "mailroot"),
-                "MAILADMIN_DATA_DIR": str(work / "data"),
+            env = product_env(
+                work,
+                db_url,
+                redis_url,
+                MAILADMIN_MAILROOT=str(work / "mailroot"),
                 # The Celery worker must consume the delivery queue of the SMTP worker's
                 # node (delivery.bench), as make run gives both one node name.
-                "MAILADMIN_NODE": NODE,
-                "LOG_LEVEL": "WARNING",
-            }
+                MAILADMIN_NODE=NODE,
+            )
             (work / "data").mkdir()
             product = Product(
                 env,

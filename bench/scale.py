@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -183,20 +182,7 @@ def end_to_end(
             relay.bench_redis(work) as (redis_url, redis_pid),
             relay.bench_database(work) as (db_url, db),
         ):
-            env = {
-                **os.environ,
-                "PYTHONPATH": os.pathsep.join(
-                    filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])
-                ),
-                "PYTHONUNBUFFERED": "1",
-                "DJANGO_SETTINGS_MODULE": "mailadmin.settings",
-                "DATABASE_URL": db_url,
-                "REDIS_URL": redis_url,
-                "CELERY_BROKER_URL": redis_url,
-                "MAILADMIN_DATA_DIR": str(work / "data"),
-                "MAILADMIN_NODE": "bench",
-                "LOG_LEVEL": "WARNING",
-            }
+            env = relay.product_env(work, db_url, redis_url, MAILADMIN_NODE="bench")
             (work / "data").mkdir()
             ports = {name: relay.free_port() for name in SERVERS}
             site = [Node(name, server, ports[name]) for name, server in SERVERS.items()]
