@@ -9,6 +9,7 @@ bounced, none lost, and duplicates stay within the one window no relay can close
 from __future__ import annotations
 
 import functools
+import json
 import smtplib
 import threading
 from collections import Counter
@@ -208,3 +209,37 @@ def test_celery_workers_keep_their_postgresql_connections(
         acked = send(address, 2, f"reuse{round_}")
         until(functools.partial(all_done, acked), timeout=30, interval=0.1)
     assert backends() == before and len(before) >= 1
+
+
+def test_one_message_can_be_followed_through_the_json_logs(
+    api: APIClient, stack: Stack, sink: Sink, django_capture_on_commit_callbacks: Any
+) -> None:
+    """Issue 7: the queue id is on the SMTP worker's acceptance and on every line of the
+    delivery run, so grepping the JSON logs for it tells the message's story."""
+    address = configure(api, sink, django_capture_on_commit_callbacks)
+    stack.env["LOG_FORMAT"] = "json"
+    smtp, worker, _beat = stack.smtp(), stack.worker(), stack.beat()  # beat: the retry
+    stack.wait_smtp_applied(ConfigSnapshot.objects.latest().pk)
+    sink.mode = "451"
+    (queue_id,) = send(address, 1, "followed")
+    until(lambda: Message.objects.filter(queue_id=queue_id, attempts__gte=1).exists(), timeout=30)
+    sink.mode = "accept"
+    until(lambda: all_done([queue_id]), timeout=30, interval=0.2)
+
+    def lines(process: Any) -> list[dict[str, Any]]:
+        found = []
+        for line in process.output().splitlines():
+            if line.startswith("{") and queue_id in line:
+                record = json.loads(line)
+                if record.get("queue_id") == queue_id:
+                    found.append(record)
+        return found
+
+    accepted = lines(smtp)
+    assert [r["message"].split()[0] for r in accepted] == ["accepted"]
+    assert accepted[0]["server"] == "Relay" and accepted[0]["client_ip"] == "127.0.0.1"
+    until(lambda: any(r.get("outcome") == "delivered" for r in lines(worker)))
+    delivery = lines(worker)
+    outcomes = [r.get("outcome") for r in delivery if r.get("outcome")]
+    assert outcomes == ["retry", "delivered"]  # both runs, each line carrying the id
+    assert any(r.get("code") == 451 for r in delivery)  # the deferred attempt itself
