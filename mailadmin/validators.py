@@ -163,7 +163,3 @@ def canonical_domain(value: str, *, allow_wildcard: bool = False) -> str:
 
 def canonical_smart_host(value: str) -> str:
     return str(grammar.parse_smart_host(value)) if value else ""
-
-
-def canonical_access_entry(value: str) -> str:
-    return str(grammar.parse_access_entry(value))
