@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import Counter
+from collections import Counter, defaultdict
 from typing import Any
 
 import redis
 from celery import shared_task
 from django.conf import settings
+from django.db.models import QuerySet
 
+from mailadmin.models import Message
 from mailadmin.services import sweep as sweep_services
 from mailadmin.services.config import config_republish as _config_republish
 from mailadmin.services.delivery import messages_deliver
@@ -54,7 +56,8 @@ def relay_batch(server_name: str, queue_ids: list[str], node: str = "") -> dict[
 @shared_task(name=RELAY_TASK, **_RELAY_OPTIONS)
 def relay_message(server_name: str, queue_id: str, node: str = "") -> str:
     """Record a spooled message if new (spooled by ``node``), then deliver it if it is due:
-    :func:`relay_batch` with one id."""
+    :func:`relay_batch` with one id. Nothing sends it any more; it stays for the tasks an
+    earlier version left in the broker."""
     _forget_enqueued([queue_id])
     return messages_deliver(server_name=server_name, queue_ids=[queue_id], node=node)[queue_id]
 
@@ -118,17 +121,6 @@ def _forget_enqueued(queue_ids: list[str]) -> None:
         pass  # the key expires by itself
 
 
-def enqueue_relay(server_name: str, queue_id: str, node: str = "") -> None:
-    """Send a relay task to ``node``'s delivery queue unless one was sent for this message
-    in the last minute."""
-    if not _not_enqueued([queue_id]):
-        return
-    try:
-        relay_message.apply_async((server_name, queue_id, node), queue=delivery_queue(node))
-    except Exception as exc:  # noqa: BLE001 - the sweep re-issues it
-        log.warning("cannot enqueue %s: %s", queue_id, exc)
-
-
 def enqueue_relays(server_name: str, queue_ids: list[str], node: str = "") -> None:
     """Send the ids without a relay task in the last minute to ``node``'s delivery queue,
     as one batch task."""
@@ -139,6 +131,17 @@ def enqueue_relays(server_name: str, queue_ids: list[str], node: str = "") -> No
         relay_batch.apply_async((server_name, fresh, node), queue=delivery_queue(node))
     except Exception as exc:  # noqa: BLE001 - the sweep re-issues them
         log.warning("cannot enqueue %d message(s) (%s...): %s", len(fresh), fresh[0], exc)
+
+
+def enqueue_messages(messages: QuerySet[Message]) -> None:
+    """Send relay tasks for these recorded messages (an operator's retry, a resumed queue):
+    one batch task per server and node, as the sweep sends them."""
+    groups: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for server_name, queue_id, node in messages.values_list(
+        "server_name", "queue_id", "node"
+    ).distinct():
+        groups[(server_name, node)].append(queue_id)
+    sweep_services.enqueue_in_batches(groups, enqueue_relays)
 
 
 @shared_task(name="mailadmin.traffic_collect", ignore_result=True)

@@ -21,7 +21,7 @@ from mailadmin.api.schema import ApiSchema
 from mailadmin.models import Message
 from mailadmin.services import queue as queue_services
 from mailadmin.services import reports as report_services
-from mailadmin.tasks import enqueue_relay
+from mailadmin.tasks import enqueue_messages
 
 ACTIONS = ("retry", "suspend", "resume", "delete", "delete_ndr")
 # A hundred years: any age filter past it is a typo (and timedelta would overflow).
@@ -142,10 +142,7 @@ _Done = inline_serializer("QueueActionResult", {"changed": serializers.IntegerFi
 def _act(name: str, queue_ids: list[str], author: str) -> int:
     if name == "retry":
         changed = queue_services.messages_retry(queue_ids=queue_ids)
-        for message in Message.objects.filter(queue_id__in=queue_ids).only(
-            "server_name", "queue_id", "node"
-        ):
-            enqueue_relay(message.server_name, message.queue_id, message.node)
+        enqueue_messages(Message.objects.filter(queue_id__in=queue_ids, state="queued"))
         return changed
     if name == "suspend":
         return queue_services.messages_suspend(queue_ids=queue_ids)
@@ -259,8 +256,7 @@ class QueueViewSet(viewsets.ViewSet):
         """Retry every message of this queue now."""
         hop = self._hop(pk)
         changed = queue_services.queue_retry(next_hop=hop)
-        for message in Message.objects.filter(recipients__next_hop=hop, state="queued").distinct():
-            enqueue_relay(message.server_name, message.queue_id, message.node)
+        enqueue_messages(Message.objects.filter(recipients__next_hop=hop, state="queued"))
         return Response({"changed": changed})
 
     @extend_schema(

@@ -242,9 +242,9 @@ def inject(
     # Spooled here, so delivered by this node's workers.
     node = settings.MAILADMIN_NODE
     message_ingest(server_name=server_name, queue_id=queue_id, node=node, is_report=True)
-    from mailadmin.tasks import enqueue_relay
+    from mailadmin.tasks import enqueue_relays
 
-    transaction.on_commit(lambda: enqueue_relay(server_name, queue_id, node))
+    transaction.on_commit(lambda: enqueue_relays(server_name, [queue_id], node))
     return queue_id
 
 

@@ -55,11 +55,12 @@ def sweep(*, enqueue: Enqueue) -> dict[str, int]:
     groups: dict[tuple[str, str], list[str]] = defaultdict(list)
     for server_name, queue_id, node in due:
         groups[(server_name, node)].append(queue_id)
-    _enqueue_in_batches(groups, enqueue)
+    enqueue_in_batches(groups, enqueue)
     return {"due": sum(len(ids) for ids in groups.values())}
 
 
-def _enqueue_in_batches(groups: dict[tuple[str, str], list[str]], enqueue: Enqueue) -> None:
+def enqueue_in_batches(groups: dict[tuple[str, str], list[str]], enqueue: Enqueue) -> None:
+    """Enqueue each (server, node)'s ids in tasks of at most TASK_BATCH."""
     for (server_name, node), ids in groups.items():
         for start in range(0, len(ids), TASK_BATCH):
             enqueue(server_name, ids[start : start + TASK_BATCH], node)
@@ -112,7 +113,7 @@ def spool_orphans(*, node: str, enqueue: Enqueue, now: float | None = None) -> i
             if state in FINAL_STATES:
                 spool.remove(queue_id)
         orphans = [q for q in ids if q not in states and _spooled_at(q) < cutoff]
-        _enqueue_in_batches({(name, node): orphans}, enqueue)
+        enqueue_in_batches({(name, node): orphans}, enqueue)
         found += len(orphans)
     return found
 

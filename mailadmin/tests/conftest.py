@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ import redis
 from django.contrib.auth.models import Group, User
 from rest_framework.test import APIClient
 
+from mailadmin.celery import app as celery_app
+from smtpworker.handoff import RELAY_BATCH_TASK, delivery_queue
 from smtpworker.tests.sink import Sink
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -90,3 +93,29 @@ def test_redis(settings: Any) -> Iterator[str]:
     yield url
     client.flushdb()
     client.close()
+
+
+@pytest.fixture
+def enqueued(test_redis: str) -> Iterator[Callable[[], list[str]]]:
+    """The queue ids of the relay tasks the console sent, read from the real broker.
+
+    For tests where no Celery worker runs, so the tasks stay in the default queue (for
+    messages recorded without a node); it is emptied first. ``test_redis`` isolates the
+    de-duplication keys.
+    """
+    broker = redis.Redis.from_url(str(celery_app.conf.broker_url))
+    queue = delivery_queue("")
+    broker.delete(queue)
+
+    def sent() -> list[str]:
+        ids = []
+        for raw in reversed(broker.lrange(queue, 0, -1)):  # LPUSHed: oldest last
+            message = json.loads(raw)
+            if message["headers"]["task"] == RELAY_BATCH_TASK:
+                args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+                ids.extend(args[1])
+        return ids
+
+    yield sent
+    broker.delete(queue)
+    broker.close()

@@ -12,6 +12,7 @@ import base64
 import json
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
@@ -324,3 +325,23 @@ def test_relay_tasks_ack_late_and_stop_inside_the_lease(task: Any) -> None:
     assert task.soft_time_limit < task.time_limit < conf.MAILADMIN_DELIVERY_LEASE_SECONDS
     visibility = conf.CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"]
     assert conf.MAILADMIN_DELIVERY_LEASE_SECONDS < visibility
+
+
+def test_the_apis_retry_sends_one_batch_task_for_what_it_made_due(
+    api: APIClient, sink: Sink, enqueued: Callable[[], list[str]]
+) -> None:
+    make_server(api, delivery={"smart_host": sink.smart_host})
+    sink.mode = "451"
+    ids = [spool("a@corp.test", f"u{i}@example.test") for i in range(3)]
+    assert messages_deliver(server_name="Relay", queue_ids=ids) == dict.fromkeys(ids, "retry")
+    held = ids.pop()
+    assert api.post(f"/api/v1/messages/{held}/suspend/").status_code == 200
+    response = api.post(
+        "/api/v1/messages/bulk/", {"action": "retry", "queue_ids": [*ids, held]}, format="json"
+    )
+    assert response.status_code == 200, response.content
+    # The suspended one stays held; the two others go in one task, not one each.
+    assert sorted(enqueued()) == sorted(ids)
+    broker = redis.Redis.from_url(str(celery_app.conf.broker_url))
+    assert broker.llen(delivery_queue("")) == 1
+    broker.close()

@@ -6,55 +6,25 @@ retries and attempts come from real delivery runs against a Sink told to answer 
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-import redis
 from django.contrib.auth.models import User
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
-from mailadmin.celery import app as celery_app
 from mailadmin.models import Message, MessageState, QueueControl
 from mailadmin.services.queue import spool_for
 from mailadmin.services.traffic import traffic_add, traffic_add_rejected
 from mailadmin.tests.test_delivery import make_server, run, spool
-from smtpworker.handoff import RELAY_TASK, delivery_queue
 from smtpworker.tests.sink import Sink
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("mailroot")]
-
-
-@pytest.fixture
-def enqueued(test_redis: str) -> Iterator[Callable[[], list[str]]]:
-    """The queue ids of the relay tasks the console sent, read from the real broker.
-
-    No Celery worker runs here, so the tasks stay in the default queue (these messages
-    were recorded without a node); it is emptied first. ``test_redis`` isolates the
-    de-duplication keys.
-    """
-    broker = redis.Redis.from_url(str(celery_app.conf.broker_url))
-    queue = delivery_queue("")
-    broker.delete(queue)
-
-    def sent() -> list[str]:
-        ids = []
-        for raw in reversed(broker.lrange(queue, 0, -1)):  # LPUSHed: oldest last
-            message = json.loads(raw)
-            if message["headers"]["task"] == RELAY_TASK:
-                args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
-                ids.append(args[1])
-        return ids
-
-    yield sent
-    broker.delete(queue)
-    broker.close()
 
 
 @pytest.fixture

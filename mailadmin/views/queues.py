@@ -28,7 +28,7 @@ from mailadmin.api.queue_views import NewestFirst
 from mailadmin.models import OPEN_STATES, Message, MessageState, RecipientState, VirtualServer
 from mailadmin.services import queue as queue_services
 from mailadmin.services import reports as report_services
-from mailadmin.tasks import enqueue_relay
+from mailadmin.tasks import enqueue_messages
 from mailadmin.views.base import author, console_view, render_console
 from mailadmin.views.servers import back
 
@@ -157,17 +157,13 @@ def queue_list(request: HttpRequest) -> HttpResponse:
 
 
 def _enqueue_hop(next_hop: str) -> None:
-    due = (
+    enqueue_messages(
         Message.objects.filter(
             recipients__next_hop=next_hop,
             recipients__state=RecipientState.PENDING,
             state=MessageState.QUEUED,
         )
-        .values_list("server_name", "queue_id", "node")
-        .distinct()
     )
-    for server_name, queue_id, node in due:
-        enqueue_relay(server_name, queue_id, node)
 
 
 @console_view
@@ -253,9 +249,7 @@ def message_list(request: HttpRequest) -> HttpResponse:
 
 
 def _enqueue(queue_ids: list[str]) -> None:
-    due = Message.objects.filter(queue_id__in=queue_ids, state=MessageState.QUEUED)
-    for server_name, queue_id, node in due.values_list("server_name", "queue_id", "node"):
-        enqueue_relay(server_name, queue_id, node)
+    enqueue_messages(Message.objects.filter(queue_id__in=queue_ids, state=MessageState.QUEUED))
 
 
 def messages_act(*, action: str, queue_ids: list[str], by: str) -> int:
