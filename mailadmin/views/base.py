@@ -11,17 +11,22 @@ import socket
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
+from urllib.parse import urlsplit
 
 from django import forms
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponse
+from django.db.models import QuerySet
+from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
+from rest_framework.exceptions import NotFound
+from rest_framework.request import Request
 
 from mailadmin.api.permissions import can_read, can_write
+from mailadmin.api.queue_views import NewestFirst
 from mailadmin.forms import describe
-from mailadmin.models import VirtualServer
+from mailadmin.models import Message, VirtualServer
 from mailadmin.selectors import server_runtime, worker_statuses
 from mailadmin.services.config import current_version
 
@@ -119,3 +124,23 @@ def render_console(
             (s for s in context["tree_servers"] if s["id"] == server.pk), None
         )
     return render(request, template, context, status=status)
+
+
+def newest_first_page(
+    request: HttpRequest, queryset: QuerySet[Message], gone: str
+) -> tuple[list[Message], str | None, str | None]:
+    """One page of messages, newest first, by the API's cursor paging (fast at any depth),
+    and the links to the older and newer pages; a stale cursor is a 404 saying ``gone``."""
+    paginator = NewestFirst()
+    try:
+        page = paginator.paginate_queryset(queryset, Request(request)) or []
+    except NotFound as exc:
+        raise Http404(gone) from exc
+    return page, _relative(paginator.get_next_link()), _relative(paginator.get_previous_link())
+
+
+def _relative(url: str | None) -> str | None:
+    if not url:
+        return None
+    parts = urlsplit(url)
+    return f"{parts.path}?{parts.query}" if parts.query else parts.path

@@ -10,17 +10,14 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 from django import forms
 from django.contrib import messages
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
-from rest_framework.exceptions import NotFound
-from rest_framework.request import Request
 
 from mailadmin import queues
 from mailadmin.api.permissions import can_write
@@ -29,7 +26,7 @@ from mailadmin.models import OPEN_STATES, Message, MessageState, RecipientState,
 from mailadmin.services import queue as queue_services
 from mailadmin.services import reports as report_services
 from mailadmin.tasks import enqueue_messages
-from mailadmin.views.base import author, console_view, render_console
+from mailadmin.views.base import author, console_view, newest_first_page, render_console
 from mailadmin.views.servers import back
 
 MAX_BULK = 10_000  # as the API's bulk action
@@ -122,13 +119,6 @@ def _safe(request: HttpRequest, url: str, default: str) -> str:
     return default
 
 
-def _relative(url: str | None) -> str | None:
-    if not url:
-        return None
-    parts = urlsplit(url)
-    return f"{parts.path}?{parts.query}" if parts.query else parts.path
-
-
 def _without(request: HttpRequest, *names: str) -> str:
     query = request.GET.copy()
     for name in names:
@@ -194,13 +184,8 @@ def queue_action(request: HttpRequest) -> HttpResponse:
 
 def _page(request: HttpRequest, params: dict[str, str]) -> tuple[list[Message], Any, Any]:
     """One page of messages, newest first, and the links to the older and newer pages."""
-    paginator = NewestFirst()
     queryset = queues.messages_filtered(params).prefetch_related("recipients")
-    try:
-        page = paginator.paginate_queryset(queryset, Request(request)) or []
-    except NotFound as exc:
-        raise Http404("That page of messages no longer exists.") from exc
-    return page, _relative(paginator.get_next_link()), _relative(paginator.get_previous_link())
+    return newest_first_page(request, queryset, "That page of messages no longer exists.")
 
 
 def _message_row(message: Message, now: datetime) -> dict[str, Any]:

@@ -13,20 +13,18 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlencode
 
 from django import forms
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
 from django.utils import timezone
-from rest_framework.exceptions import NotFound
-from rest_framework.request import Request
 
 from mailadmin.api.queue_views import NewestFirst
 from mailadmin.models import OPEN_STATES, Message, MessageState, RecipientState, VirtualServer
 from mailadmin.tracking import message_events, parse_moment, tracked_messages
-from mailadmin.views.base import console_view, render_console
+from mailadmin.views.base import console_view, newest_first_page, render_console
 from mailadmin.views.queues import short_age
 
 QUEUE_ID = re.compile(r"[0-9A-Z]+")
@@ -123,22 +121,10 @@ def search_query(params: Any) -> str:
     return urlencode({k: v for k, v in given.items() if v.strip()})
 
 
-def _relative(url: str | None) -> str | None:
-    if not url:
-        return None
-    parts = urlsplit(url)
-    return f"{parts.path}?{parts.query}" if parts.query else parts.path
-
-
 def _page(request: HttpRequest, form: TrackingSearch) -> tuple[list[Message], Any, Any]:
     """One page of the matches, newest first, and the links to the older and newer pages."""
-    paginator = NewestFirst()
     queryset = tracked_messages(**form.criteria()).prefetch_related("recipients")
-    try:
-        page = paginator.paginate_queryset(queryset, Request(request)) or []
-    except NotFound as exc:
-        raise Http404("That page of results no longer exists.") from exc
-    return page, _relative(paginator.get_next_link()), _relative(paginator.get_previous_link())
+    return newest_first_page(request, queryset, "That page of results no longer exists.")
 
 
 @console_view
