@@ -11,9 +11,19 @@ from typing import Any
 import pytest
 import redis
 from django.contrib.auth.models import Group, User
+from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from mailadmin.celery import app as celery_app
+from mailadmin.models import (
+    AccessEntry,
+    Binding,
+    ConfigSnapshot,
+    Domain,
+    Message,
+    SmtpUser,
+    VirtualServer,
+)
 from smtpworker.handoff import RELAY_BATCH_TASK, delivery_queue
 from smtpworker.tests.sink import Sink
 
@@ -119,3 +129,22 @@ def enqueued(test_redis: str) -> Iterator[Callable[[], list[str]]]:
     yield sent
     broker.delete(queue)
     broker.close()
+
+
+def db_state() -> dict[str, Any]:
+    """Every configuration and queue row, the configuration versions, the API tokens and
+    the console accounts: equal before and after a request that must change nothing."""
+    return {
+        "servers": list(VirtualServer.objects.order_by("pk").values()),
+        "bindings": list(Binding.objects.order_by("pk").values()),
+        "entries": list(AccessEntry.objects.order_by("pk").values()),
+        "domains": list(Domain.objects.order_by("pk").values()),
+        "users": list(SmtpUser.objects.order_by("pk").values()),
+        "user_servers": sorted(
+            SmtpUser.servers.through.objects.values_list("smtpuser_id", "virtualserver_id")
+        ),
+        "versions": ConfigSnapshot.objects.count(),
+        "messages": list(Message.objects.order_by("pk").values()),
+        "tokens": Token.objects.count(),
+        "accounts": list(User.objects.order_by("pk").values("pk", "username", "password")),
+    }

@@ -10,14 +10,10 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from mailadmin.models import (
-    AccessEntry,
-    Binding,
     ConfigSnapshot,
-    Domain,
-    SmtpUser,
     VirtualServer,
 )
-from mailadmin.tests.conftest import make_server
+from mailadmin.tests.conftest import db_state, make_server
 
 pytestmark = pytest.mark.django_db
 
@@ -46,21 +42,6 @@ def site(api: APIClient) -> dict[str, int]:
         "stopped": spare["id"],
         "domain": alias.json()["id"],
         "user": user.json()["id"],
-    }
-
-
-def db_state() -> dict[str, Any]:
-    """Every configuration row and the number of versions, to prove nothing changed."""
-    return {
-        "servers": list(VirtualServer.objects.order_by("pk").values()),
-        "bindings": list(Binding.objects.order_by("pk").values()),
-        "entries": list(AccessEntry.objects.order_by("pk").values()),
-        "domains": list(Domain.objects.order_by("pk").values()),
-        "users": list(SmtpUser.objects.order_by("pk").values()),
-        "user_servers": sorted(
-            SmtpUser.servers.through.objects.values_list("smtpuser_id", "virtualserver_id")
-        ),
-        "versions": ConfigSnapshot.objects.count(),
     }
 
 

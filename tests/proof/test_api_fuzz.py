@@ -43,14 +43,12 @@ from schemathesis.specs.openapi.checks import (
 from mailadmin import configdoc
 from mailadmin.api.schema import ApiSchema
 from mailadmin.models import (
-    AccessEntry,
-    Binding,
-    ConfigSnapshot,
     Domain,
     Message,
     SmtpUser,
     VirtualServer,
 )
+from mailadmin.tests.conftest import db_state
 from mailadmin.tests.test_delivery import spool
 from mailadmin.wsgi import application
 
@@ -165,20 +163,6 @@ def call(case: Any, user: User | None = None) -> Any:
 
 def token_for(user: User) -> str:
     return Token.objects.get_or_create(user=user)[0].key
-
-
-def db_state() -> dict[str, Any]:
-    """Every configuration and queue row, the versions and the tokens."""
-    return {
-        "servers": list(VirtualServer.objects.order_by("pk").values()),
-        "bindings": list(Binding.objects.order_by("pk").values()),
-        "entries": list(AccessEntry.objects.order_by("pk").values()),
-        "domains": list(Domain.objects.order_by("pk").values()),
-        "users": list(SmtpUser.objects.order_by("pk").values()),
-        "versions": ConfigSnapshot.objects.count(),
-        "messages": list(Message.objects.order_by("pk").values()),
-        "tokens": Token.objects.count(),
-    }
 
 
 _turn = itertools.count()

@@ -31,14 +31,11 @@ from rest_framework.test import APIClient
 
 from mailadmin import configdoc
 from mailadmin.models import (
-    AccessEntry,
-    Binding,
-    ConfigSnapshot,
     Domain,
-    Message,
     SmtpUser,
     VirtualServer,
 )
+from mailadmin.tests.conftest import db_state
 from mailadmin.tests.test_delivery import spool
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fast_hashing")]
@@ -158,19 +155,6 @@ def _queued_message() -> str:
         server="CorpServer",
     )
     return queue_id
-
-
-def db_state() -> dict[str, Any]:
-    return {
-        "servers": list(VirtualServer.objects.order_by("pk").values()),
-        "bindings": list(Binding.objects.order_by("pk").values()),
-        "entries": list(AccessEntry.objects.order_by("pk").values()),
-        "domains": list(Domain.objects.order_by("pk").values()),
-        "users": list(SmtpUser.objects.order_by("pk").values()),
-        "versions": ConfigSnapshot.objects.count(),
-        "messages": list(Message.objects.order_by("pk").values()),
-        "accounts": list(User.objects.order_by("pk").values("pk", "username", "password")),
-    }
 
 
 # --- Every URL of mailadmin.urls ------------------------------------------------------------
