@@ -15,6 +15,7 @@ import dataclasses
 import json
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -22,6 +23,7 @@ from smtpworker.grammar import (
     AccessEntry,
     Binding,
     GrammarError,
+    domain_matches,
     parse_access_entry,
     parse_binding,
 )
@@ -182,6 +184,42 @@ class UserConfig:
 
     def may_use(self, server_name: str) -> bool:
         return self.active and (not self.servers or server_name in self.servers)
+
+
+def domain_entry(domains: Iterable[DomainConfig], domain: str) -> DomainConfig | None:
+    """The domain entry that decides for mail to ``domain``, or None when none matches.
+
+    The one rule shared by the relay policy and routing (so a recipient is never accepted
+    under one entry and routed under another): a local domain of that exact name; else a
+    remote domain of that exact name; else the most specific remote wildcard that matches
+    (``*.a.example.com`` before ``*.example.com``; of two equal ones, the first listed).
+    Names are compared case-insensitively and without a trailing dot. A local entry is only
+    ever an exact name: the console refuses wildcards for local domains.
+    """
+    name = _lookup_name(domain)
+    best: DomainConfig | None = None
+    best_rank = -1
+    for entry in domains:
+        pattern = _lookup_name(entry.name)
+        if pattern == name:
+            rank = _LOCAL_EXACT if entry.kind == "local" else _REMOTE_EXACT
+        elif entry.kind == "remote" and pattern.startswith("*.") and domain_matches(pattern, name):
+            # Every matching wildcard is a suffix of the name: the longer, the more labels.
+            rank = len(pattern)
+        else:
+            continue
+        if rank > best_rank:
+            best, best_rank = entry, rank
+    return best
+
+
+# Above any wildcard's length (a name has at most 253 octets).
+_REMOTE_EXACT = 1000
+_LOCAL_EXACT = 1001
+
+
+def _lookup_name(name: str) -> str:
+    return name.strip().lower().removesuffix(".")
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,13 +17,12 @@ import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from smtpworker.config import ServerConfig
+from smtpworker.config import ServerConfig, domain_entry
 from smtpworker.grammar import (
     AccessEntry,
     GrammarError,
     Mailbox,
     access_entry_matches,
-    domain_matches,
     parse_forward_path,
     parse_reverse_path,
 )
@@ -362,18 +361,18 @@ def _parse_recipient(cfg: ServerConfig, recipient: str, *, smtputf8: bool) -> Ma
 
 
 def _relay_verdict(cfg: ServerConfig, client: Client, domain: str) -> tuple[bool, str]:
-    """(accepted, rule) for a canonical recipient domain, per DESIGN invariant 4."""
-    # Local domains are exact names (the console refuses wildcards for them).
-    for entry in cfg.domains:
-        if entry.kind == "local" and entry.name == domain:
-            return True, f"local domain {entry.name}"
-    refused_remote = ""
-    for entry in cfg.domains:
-        if entry.kind == "remote" and domain_matches(entry.name, domain):
-            if entry.relay_allowed:
-                return True, f"remote domain {entry.name} allows relay"
-            # Not accepted on its own account; the client may still be allowed to relay.
-            refused_remote = refused_remote or f"remote domain {entry.name} does not allow relay"
+    """(accepted, rule) for a canonical recipient domain, per DESIGN invariant 4.
+
+    The entry that decides is the one routing uses too (:func:`domain_entry`): an exact
+    name that does not allow relay is not overruled by a wildcard that does.
+    """
+    entry = domain_entry(cfg.domains, domain)
+    if entry is not None and entry.kind == "local":
+        return True, f"local domain {entry.name}"
+    if entry is not None and entry.relay_allowed:
+        return True, f"remote domain {entry.name} allows relay"
+    # Not accepted on its own account; the client may still be allowed to relay.
+    refused_remote = f"remote domain {entry.name} does not allow relay" if entry else ""
     if client.authenticated_user is not None and cfg.relay.allow_authenticated:
         return True, "authenticated users may relay"
     granted, why = _list_grants(cfg.relay.mode, cfg.relay.entries, client)

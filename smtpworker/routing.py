@@ -22,8 +22,8 @@ import dns.rdata
 import dns.resolver
 from dns.rdtypes.ANY.MX import MX
 
-from smtpworker.config import DomainConfig, OutboundSecurity, ServerConfig
-from smtpworker.grammar import SmartHost, domain_matches, parse_dns_server, parse_smart_host
+from smtpworker.config import OutboundSecurity, ServerConfig, domain_entry
+from smtpworker.grammar import SmartHost, parse_dns_server, parse_smart_host
 
 __all__ = [
     "Hop",
@@ -33,7 +33,6 @@ __all__ = [
     "Target",
     "TemporaryDNSError",
     "make_resolver",
-    "remote_domain_for",
     "resolve",
     "route",
 ]
@@ -104,8 +103,9 @@ class TemporaryDNSError(RouteError):
 def route(cfg: ServerConfig, domain: str) -> Hop:
     """The next hop for mail to ``domain`` (canonical: lower case, A-labels) on ``cfg``.
 
-    In order: a local domain (exact name) is ``local``; a remote domain (exact name first,
-    then the first wildcard that matches) with its own smart host, or with "forward all
+    In order: a local domain (exact name) is ``local``; a remote domain (the entry
+    :func:`~smtpworker.config.domain_entry` picks: exact name, then the most specific
+    wildcard) with its own smart host, or with "forward all
     mail to smart host", goes to that host (or the server's, when the domain names none)
     with the domain's outbound security and HELO setting; otherwise the server's smart
     host when one is set, preceded by an ``mx`` hop when "attempt direct delivery first"
@@ -115,9 +115,10 @@ def route(cfg: ServerConfig, domain: str) -> Hop:
     """
     domain = domain.lower().removesuffix(".")
     outbound = cfg.delivery.outbound
-    if any(d.kind == "local" and d.name == domain for d in cfg.domains):
+    # The same entry the relay policy judged the recipient by.
+    remote = domain_entry(cfg.domains, domain)
+    if remote is not None and remote.kind == "local":
         return Hop("local", domain, outbound.security, False, outbound.port)
-    remote = remote_domain_for(cfg, domain)
     server_smart_host = cfg.delivery.smart_host
     if remote is not None and (remote.smart_host or remote.forward_all_to_smart_host):
         text = remote.smart_host or server_smart_host
@@ -132,19 +133,6 @@ def route(cfg: ServerConfig, domain: str) -> Hop:
     # The server's smart host is spoken to with the server's security, not the domain's.
     smart = _smart_host_hop(server_smart_host, outbound.security, False, outbound.port)
     return replace(direct, fallback=smart) if cfg.delivery.attempt_direct_first else smart
-
-
-def remote_domain_for(cfg: ServerConfig, domain: str) -> DomainConfig | None:
-    """The remote domain entry for ``domain``: an exact name beats any wildcard; among
-    wildcards the first listed wins."""
-    remotes = [d for d in cfg.domains if d.kind == "remote"]
-    for entry in remotes:
-        if entry.name == domain:
-            return entry
-    for entry in remotes:
-        if entry.name.startswith("*.") and domain_matches(entry.name, domain):
-            return entry
-    return None
 
 
 @functools.lru_cache(maxsize=1024)

@@ -21,7 +21,6 @@ from smtpworker.routing import (
     NullMX,
     Target,
     TemporaryDNSError,
-    remote_domain_for,
     resolve,
     route,
 )
@@ -153,14 +152,14 @@ def test_an_exact_remote_domain_beats_a_wildcard_listed_first() -> None:
     assert route(config, "b.partner.test").name == "[10.1.1.1]"
 
 
-def test_the_first_matching_wildcard_wins() -> None:
+def test_the_most_specific_matching_wildcard_wins() -> None:
     config = cfg(
         domain("*.partner.test", smart_host="[10.1.1.1]"),
         domain("*.a.partner.test", smart_host="[10.2.2.2]"),
     )
-    assert route(config, "x.a.partner.test").name == "[10.1.1.1]"
-    found = remote_domain_for(config, "x.a.partner.test")
-    assert found is not None and found.name == "*.partner.test"
+    assert route(config, "x.a.partner.test").name == "[10.2.2.2]"
+    assert route(config, "x.b.partner.test").name == "[10.1.1.1]"
+    assert route(config, "a.partner.test").name == "[10.1.1.1]"
 
 
 # --- resolve() against a real DNS server --------------------------------------------------
