@@ -18,6 +18,7 @@ without the earlier one.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -25,11 +26,14 @@ import math
 import os
 import re
 import secrets
+import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from smtpworker import safefile
 
 __all__ = ["Envelope", "MessageNotFound", "Spool", "SpoolError", "new_queue_id"]
 
@@ -41,9 +45,9 @@ _QUEUE_ID = re.compile(r"[0-9A-Z]{1,64}")
 _TIME_DIGITS = 14
 _RANDOM_CHARS = 10
 _BASE32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
-# O_EXCL: never write into a file someone else has open. O_CLOEXEC: a delivery subprocess
-# spawned meanwhile must not inherit half-written queue files.
-_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+# O_NOFOLLOW: a link planted under a queue name must not mail out the file it points at.
+# O_NONBLOCK: nor may a FIFO there hang the reader.
+_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 _DIRECTORY = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
 
 _STR_FIELDS = ("queue_id", "server", "sender", "client_ip", "client_helo")
@@ -206,49 +210,36 @@ class Spool:
         """
         if envelope.size != len(data):
             raise ValueError(f"envelope size {envelope.size} != {len(data)} bytes of data")
-        created: list[str] = []  # paths this call made, for the clean-up
+        _check_queue_id(envelope.queue_id)
+        created: list[tuple[int, str]] = []  # (directory, name) this call made, for clean-up
         try:
-            self._commit(envelope.queue_id, envelope.to_json().encode("ascii"), data, created)
+            with self._directories() as (queue_fd, tmp_fd):
+                try:
+                    env = envelope.to_json().encode("ascii")
+                    _commit(envelope.queue_id, env, data, queue_fd, tmp_fd, created)
+                except BaseException:
+                    _discard(created)
+                    raise
         except OSError as exc:
-            self._discard(created)
             if exc.errno == errno.EEXIST:
                 raise SpoolError(f"queue id {envelope.queue_id} already exists") from exc
             reason = exc.strerror or str(exc)
             raise SpoolError(f"cannot spool {envelope.queue_id}: {reason}") from exc
-        except BaseException:
-            self._discard(created)
-            raise
 
-    def _commit(self, queue_id: str, env: bytes, data: bytes, created: list[str]) -> None:
-        tmp_eml, tmp_env = self._tmp_path(queue_id, ".eml"), self._tmp_path(queue_id, ".env")
-        eml, env_path = self._path(queue_id, ".eml"), self._path(queue_id, ".env")
-        # Each file is fsync'd before it gets its queue name: otherwise a power cut could
-        # keep the name but not the data, leaving an empty or truncated message committed.
-        _write_durably(tmp_eml, data, created)
-        _write_durably(tmp_env, env, created)
-        # link() is rename() that refuses to replace an existing file: a duplicate id can
-        # never overwrite a queued message. The .eml goes first, the .env (commit) last.
-        os.link(tmp_eml, eml)
-        created.append(eml)
-        os.link(tmp_env, env_path)
-        created.append(env_path)
-        os.unlink(tmp_eml)
-        os.unlink(tmp_env)
-        # The new names are only durable once the directory itself is fsync'd. The unlinks
-        # in tmp/ need no fsync: a resurrected tmp file is garbage for recover().
-        _fsync_dir(self.directory)
-
-    def _discard(self, created: list[str]) -> None:
-        # Newest first, so the .env (the commit) goes before the .eml it points at. No fsync:
-        # a removal undone by a power cut resurrects a message whose client was told 452,
-        # i.e. a duplicate delivery at worst, never a loss.
-        for path in reversed(created):
+    @contextlib.contextmanager
+    def _directories(self) -> Iterator[tuple[int, int]]:
+        """Descriptors of ``Queue/`` and its ``tmp/``, neither opened through a link: every
+        name is then made relative to them, so a directory swapped for a link meanwhile
+        (by whoever may write to the server's home) cannot redirect a message."""
+        queue_fd = safefile.open_directory(self.directory, create=False)
+        try:
+            tmp_fd = safefile.open_directory("tmp", create=False, dir_fd=queue_fd)
             try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                logger.warning("could not remove %s after a failed store: %s", path, exc)
+                yield queue_fd, tmp_fd
+            finally:
+                os.close(tmp_fd)
+        finally:
+            os.close(queue_fd)
 
     def ids(self) -> list[str]:
         """Return the ids of committed messages, oldest first."""
@@ -274,7 +265,7 @@ class Spool:
         """
         envelope = self.envelope(queue_id)
         try:
-            data = self.message_path(queue_id).read_bytes()
+            data = _read(self._path(queue_id, ".eml"))
         except FileNotFoundError:
             raise MessageNotFound(queue_id) from None  # removed since the .env was read
         if len(data) != envelope.size:
@@ -284,7 +275,7 @@ class Spool:
     def envelope(self, queue_id: str) -> Envelope:
         """Return a committed message's envelope; raises as :meth:`load` does."""
         try:
-            text = Path(self._path(queue_id, ".env")).read_bytes()
+            text = _read(self._path(queue_id, ".env"))
         except FileNotFoundError:
             raise MessageNotFound(queue_id) from None
         envelope = Envelope.from_json(text)
@@ -339,22 +330,69 @@ class Spool:
         _check_queue_id(queue_id)
         return os.path.join(self.directory, queue_id + suffix)
 
-    def _tmp_path(self, queue_id: str, suffix: str) -> str:
-        _check_queue_id(queue_id)
-        return os.path.join(self.tmp, queue_id + suffix)
+
+def _commit(
+    queue_id: str,
+    env: bytes,
+    data: bytes,
+    queue_fd: int,
+    tmp_fd: int,
+    created: list[tuple[int, str]],
+) -> None:
+    eml, env_name = queue_id + ".eml", queue_id + ".env"
+    # Each file is fsync'd before it gets its queue name: otherwise a power cut could
+    # keep the name but not the data, leaving an empty or truncated message committed.
+    _write_durably(tmp_fd, eml, data, created)
+    _write_durably(tmp_fd, env_name, env, created)
+    # link() is rename() that refuses to replace an existing file: a duplicate id can
+    # never overwrite a queued message. The .eml goes first, the .env (commit) last.
+    _link(tmp_fd, queue_fd, eml)
+    created.append((queue_fd, eml))
+    _link(tmp_fd, queue_fd, env_name)
+    created.append((queue_fd, env_name))
+    os.unlink(eml, dir_fd=tmp_fd)
+    os.unlink(env_name, dir_fd=tmp_fd)
+    # The new names are only durable once the directory itself is fsync'd. The unlinks
+    # in tmp/ need no fsync: a resurrected tmp file is garbage for recover().
+    os.fsync(queue_fd)
 
 
-def _write_durably(path: str, data: bytes, created: list[str]) -> None:
-    """Create ``path`` (mode 0600, never an existing file), write ``data``, fsync it."""
-    fd = os.open(path, _CREATE, 0o600)
-    created.append(path)
+def _link(tmp_fd: int, queue_fd: int, name: str) -> None:
+    os.link(name, name, src_dir_fd=tmp_fd, dst_dir_fd=queue_fd, follow_symlinks=False)
+
+
+def _discard(created: list[tuple[int, str]]) -> None:
+    # Newest first, so the .env (the commit) goes before the .eml it points at. No fsync:
+    # a removal undone by a power cut resurrects a message whose client was told 452,
+    # i.e. a duplicate delivery at worst, never a loss.
+    for dir_fd, name in reversed(created):
+        try:
+            os.unlink(name, dir_fd=dir_fd)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            logger.warning("could not remove %s after a failed store: %s", name, exc)
+
+
+def _write_durably(dir_fd: int, name: str, data: bytes, created: list[tuple[int, str]]) -> None:
+    """Create ``name`` (mode 0600, never an existing file nor through a link), write
+    ``data``, fsync it."""
+    safefile.write_new(dir_fd, name, data, mode=0o600)
+    created.append((dir_fd, name))
+
+
+def _read(path: str) -> bytes:
+    """The bytes of the file ``path``; ValueError if it is not a regular file (a link)."""
     try:
-        view = memoryview(data)  # slicing a view copies nothing
-        while view:  # one write in practice; short writes (signals, > 2 GiB) are legal
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fd = os.open(path, _READ)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ValueError(f"{path}: a symbolic link, not a queue file") from exc
+        raise
+    with open(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError(f"{path}: not a regular file")
+        return file.read()
 
 
 def _fsync_dir(path: Path | str) -> None:

@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -255,9 +256,9 @@ def test_store_makes_each_file_durable_before_committing_it(
         events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
         real_fsync(fd)
 
-    def link(src: str, dst: str) -> None:
-        events.append(("link", str(dst)))
-        real_link(src, dst)
+    def link(src: str, dst: str, *, dst_dir_fd: int, **kwargs: Any) -> None:
+        events.append(("link", os.path.join(os.readlink(f"/proc/self/fd/{dst_dir_fd}"), dst)))
+        real_link(src, dst, dst_dir_fd=dst_dir_fd, **kwargs)
 
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "link", link)
@@ -266,8 +267,8 @@ def test_store_makes_each_file_durable_before_committing_it(
     assert events == [
         ("fsync", f"{queue}/tmp/{queue_id}.eml"),
         ("fsync", f"{queue}/tmp/{queue_id}.env"),
-        ("link", f"{spool.directory}/{queue_id}.eml"),
-        ("link", f"{spool.directory}/{queue_id}.env"),  # the commit
+        ("link", f"{queue}/{queue_id}.eml"),
+        ("link", f"{queue}/{queue_id}.env"),  # the commit
         ("fsync", queue),  # makes both new names durable
     ]
 
@@ -275,12 +276,12 @@ def test_store_makes_each_file_durable_before_committing_it(
 def fail_on_call(real: object, call: int, error: int) -> object:
     calls = 0
 
-    def fake(*args: object) -> object:
+    def fake(*args: object, **kwargs: object) -> object:
         nonlocal calls
         calls += 1
         if calls == call:
             raise OSError(error, os.strerror(error))
-        return real(*args)  # type: ignore[operator]
+        return real(*args, **kwargs)  # type: ignore[operator]
 
     return fake
 
@@ -296,8 +297,10 @@ def fail_on_call(real: object, call: int, error: int) -> object:
         ("link", 2, errno.ENOSPC, "No space left on device"),  # the commit itself
         ("unlink", 1, errno.EACCES, "Permission denied"),  # after the commit
         ("fsync", 3, errno.EIO, "Input/output error"),  # the directory
-        ("open", 1, errno.EACCES, "Permission denied"),
-        ("open", 2, errno.EMFILE, "Too many open files"),
+        ("open", 1, errno.EMFILE, "Too many open files"),  # Queue/ itself
+        ("open", 2, errno.EMFILE, "Too many open files"),  # its tmp/
+        ("open", 3, errno.EACCES, "Permission denied"),  # the .eml
+        ("open", 4, errno.EMFILE, "Too many open files"),  # the .env
     ],
 )
 def test_a_failed_store_leaves_nothing_behind(
@@ -438,3 +441,38 @@ def test_kill_9_loses_no_acknowledged_message(tmp_path: Path) -> None:
         assert list(spool.tmp.iterdir()) == []
         names = {path.name for path in spool_dir.iterdir()}
         assert names == {"tmp"} | {f"{q}.env" for q in committed} | {f"{q}.eml" for q in committed}
+
+
+# --- links -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("linked", ["Queue", "Queue/tmp"])
+def test_a_queue_directory_swapped_for_a_link_is_refused(tmp_path: Path, linked: str) -> None:
+    # Whoever may write to the server's home must not redirect acknowledged mail elsewhere.
+    spool = Spool(tmp_path / "Queue")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / linked).rename(tmp_path / "moved")
+    (tmp_path / linked).symlink_to(elsewhere)
+    envelope = make_envelope(b"data")
+    with pytest.raises(SpoolError, match=f"cannot spool {envelope.queue_id}: .*link"):
+        spool.store(envelope, b"data")
+    assert os.listdir(elsewhere) == []
+
+
+def test_a_link_planted_under_a_queue_name_is_never_written_nor_read(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "Queue")
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"precious")
+    envelope = make_envelope(b"data")
+    for name in (f"tmp/{envelope.queue_id}.eml", f"{envelope.queue_id}.env"):
+        (spool.directory / name).symlink_to(secret)
+        with pytest.raises(SpoolError):
+            spool.store(envelope, b"data")
+        assert secret.read_bytes() == b"precious"
+        (spool.directory / name).unlink()
+    other = make_envelope(b"precious")
+    (spool.directory / f"{other.queue_id}.env").write_text(other.to_json())
+    (spool.directory / f"{other.queue_id}.eml").symlink_to(secret)
+    with pytest.raises(ValueError, match="symbolic link"):
+        spool.load(other.queue_id)
