@@ -20,8 +20,10 @@ new connections among them. What that means:
   ``<node>.<i>:<id>``, so terminate goes to the one child that holds the session.
 * Servers assigned to ``<node>`` run in every child; ``--node`` stays the assignment name.
 * The Pickup directory is scanned by child 0 only.
-* Per process: the connection limit (a server limited to L connections may take up to
-  N x L), the AUTH failure throttle, the counters, the thread pool and the last good
+* Shared by the processes (through Redis): the AUTH brake's counts and blocks (each process
+  brakes on its own while Redis is unreachable).
+* Per process: the connection limits (a server limited to L connections, or L per client,
+  may take up to N x L), the counters, the thread pools and the last good
   configuration file (``smtpworker-<node>.<i>.json``, seeded from ``smtpworker-<node>.json``).
 * The W3C log file of a server is appended to by every child (O_APPEND, whole buffered
   lines); each child writes its own header block when it opens the file, as IIS did on
@@ -57,19 +59,21 @@ from pathlib import Path
 from typing import Any
 
 from smtpworker.auth import mock_key_for
+from smtpworker.authbrake import AuthBrake
+from smtpworker.authpool import VerifyPool
 from smtpworker.config import ServerConfig, SiteConfig
+from smtpworker.configmac import body_key
 from smtpworker.control import ControlPlane
 from smtpworker.dnscheck import ReverseResolver
 from smtpworker.handoff import Handoff
 from smtpworker.jsonlog import FORMATS as LOG_FORMATS
 from smtpworker.jsonlog import configure as configure_logging
 from smtpworker.runtime import Node, NodeOptions
-from smtpworker.secretbox import SecretBox
+from smtpworker.secretbox import SecretBox, key_problem
 from smtpworker.watcher import Follower
 
 log = logging.getLogger("smtpworker")
 
-DEV_KEY = "dev-insecure-mailadmin-secret-key-change-me"  # matches mailadmin.settings' default
 # Supervisor: a child that lived less than this is "dying young" and restarts back off.
 YOUNG_SECONDS = 10.0
 RESTART_DELAY = 1.0
@@ -141,7 +145,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def encryption_key() -> str:
-    return env("MAILADMIN_ENCRYPTION_KEY") or env("SECRET_KEY") or DEV_KEY
+    """The key that opens sealed secrets, as mailadmin.settings reads it
+    (``MAILADMIN_ENCRYPTION_KEY``, else ``SECRET_KEY``, each also as ``*_FILE``).
+
+    There is no default: without a key, or with the public development key, the worker
+    exits with a message saying what to set (SystemExit), before it binds anything.
+    """
+    name = "MAILADMIN_ENCRYPTION_KEY"
+    key = env(name)
+    if not key:
+        name, key = "SECRET_KEY", env("SECRET_KEY")
+    problem = key_problem("MAILADMIN_ENCRYPTION_KEY" if not key else name, key)
+    if problem:
+        raise SystemExit(f"smtpworker: refusing to start: {problem}")
+    return key
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,13 +225,17 @@ async def serve(args: argparse.Namespace, member: Member | None = None) -> None:
         mock_key=mock_key_for(key),
         hostname=args.hostname,
         executor=executor,
+        brake=AuthBrake(args.redis),
+        verifier=VerifyPool(),
         reverse_names=ReverseResolver().names,
         reuse_port=member is not None,
         # Each accepted message goes to delivery at once; the sweep is the backstop.
         enqueue=Handoff(args.broker or args.redis, executor, node=args.node),
     )
     node = Node(options) if member is None else MemberNode(options, member)
-    follower = Follower(node, args.redis, cache_file(args, member), poll_interval=args.poll)
+    follower = Follower(
+        node, args.redis, cache_file(args, member), mac_key=body_key(key), poll_interval=args.poll
+    )
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -416,6 +437,7 @@ def usable_cpus() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    encryption_key()  # refuse to start without a usable key, before anything is bound
     configure_logging(args.log_level, args.log_format, node=args.node)
     # aiosmtpd logs every connection and command at INFO; our own logs say what matters.
     logging.getLogger("mail.log").setLevel(logging.WARNING)

@@ -1,17 +1,14 @@
-"""SMTP AUTH against the snapshot's verifiers, and the brake on password guessing.
+"""SMTP AUTH against the snapshot's verifiers.
 
 :class:`Accounts` answers "is this the password of that user, on this server?" from the
 verifiers in a :class:`~smtpworker.config.SiteConfig`; it never sees a stored password.
-:class:`AuthThrottle` slows a client down after failed attempts and then cuts it off.
+The brake on password guessing is ``smtpworker.authbrake``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import time
-from collections import OrderedDict
-from dataclasses import dataclass
 
 from smtpworker import credentials
 from smtpworker.config import ServerConfig, SiteConfig, UserConfig
@@ -76,64 +73,3 @@ class Accounts:
 def mock_key_for(encryption_key: str) -> bytes:
     """The SCRAM mock-salt key: a server secret, the same on every node."""
     return hmac.new(encryption_key.encode(), b"mailadmin scram mock salt", hashlib.sha256).digest()
-
-
-@dataclass(slots=True)
-class _Record:
-    failures: int
-    first: float
-    blocked_until: float
-
-
-class AuthThrottle:
-    """Per client address: delay each failed AUTH reply, then refuse the address for a while.
-
-    After ``free`` failures each further failure waits ``delay * 2**n`` seconds (capped at
-    ``max_delay``) before its 535 is sent; ``limit`` failures within ``window`` seconds
-    block the address for ``block`` seconds (the session is cut off with 421 and new
-    connections are refused). Memory is bounded to ``capacity`` addresses.
-    """
-
-    def __init__(
-        self,
-        *,
-        free: int = 2,
-        delay: float = 1.0,
-        max_delay: float = 8.0,
-        limit: int = 10,
-        window: float = 600.0,
-        block: float = 600.0,
-        capacity: int = 10_000,
-    ) -> None:
-        self.free, self.delay, self.max_delay = free, delay, max_delay
-        self.limit, self.window, self.block = limit, window, block
-        self.capacity = capacity
-        self._records: OrderedDict[str, _Record] = OrderedDict()
-
-    def blocked(self, ip: str, now: float | None = None) -> bool:
-        record = self._records.get(ip)
-        return record is not None and record.blocked_until > (
-            time.monotonic() if now is None else now
-        )
-
-    def failure(self, ip: str, now: float | None = None) -> tuple[float, bool]:
-        """Record a failure; return (seconds to wait before replying, cut off now?)."""
-        now = time.monotonic() if now is None else now
-        record = self._records.pop(ip, None)
-        if record is None or now - record.first > self.window:
-            record = _Record(0, now, 0.0)
-        record.failures += 1
-        self._records[ip] = record
-        while len(self._records) > self.capacity:
-            self._records.popitem(last=False)
-        if record.failures >= self.limit:
-            record.blocked_until = now + self.block
-            return 0.0, True
-        excess = record.failures - self.free
-        wait = 0.0 if excess <= 0 else min(self.max_delay, self.delay * 2 ** (excess - 1))
-        return wait, False
-
-    def success(self, ip: str) -> None:
-        record = self._records.get(ip)
-        if record is not None and record.blocked_until == 0.0:
-            del self._records[ip]

@@ -33,6 +33,7 @@ SCHEMA = 1
 LIST_MODES = ("all_except_list", "only_list")
 SERVER_STATES = ("started", "stopped", "paused")
 AUTH_METHODS = ("anonymous", "basic", "integrated")
+TLS_LEVELS = ("opportunistic", "required", "verified")
 DOMAIN_KINDS = ("local", "remote")
 
 
@@ -55,6 +56,23 @@ class AuthConfig:
     basic_default_domain: str
     integrated: bool
     cram_md5: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AuthBrakeConfig:
+    """The brake on password guessing, per server and client (``smtpworker.authbrake``).
+
+    After ``failures_before_delay`` failed AUTH within ``window_seconds`` each further
+    failure is answered more slowly; ``block_after_failures`` failures within the window
+    answer every AUTH from that client with 454 for ``block_seconds``. Mail that needs no
+    AUTH is never refused by it.
+    """
+
+    enabled: bool = True
+    failures_before_delay: int = 3
+    block_after_failures: int = 10
+    window_seconds: int = 900
+    block_seconds: int = 900
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,10 +117,26 @@ class MessageLimits:
 
 @dataclass(frozen=True, slots=True)
 class OutboundSecurity:
-    tls: bool
+    """How to talk to a next hop, like Postfix's ``smtp_tls_security_level``.
+
+    ``tls``: ``opportunistic`` (STARTTLS when offered, any certificate; clear text when it
+    is not offered or fails), ``required`` (STARTTLS or no delivery; any certificate), or
+    ``verified`` (STARTTLS with a certificate that chains to ``tls_ca``, PEM, or to the
+    system's CAs when that is empty, and names the host). AUTH is sent only inside TLS
+    unless ``cleartext_auth`` allows it without.
+    """
+
+    tls: str
     auth_method: str
     username: str
     password: str  # sealed
+    # Last and defaulted: bodies published before they existed still load.
+    tls_ca: str = ""
+    cleartext_auth: bool = False
+
+    @property
+    def tls_required(self) -> bool:
+        return self.tls != "opportunistic"
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +198,10 @@ class ServerConfig:
     # Who may send a PROXY protocol header to this server's PROXY bindings (IPs and
     # networks only). Last and defaulted: bodies published before it existed still load.
     trusted_proxies: tuple[AccessEntry, ...] = ()
+    # Concurrent sessions one client (an IPv4 address, an IPv6 /64) may hold open on this
+    # server, like Postfix's smtpd_client_connection_count_limit; None is unlimited.
+    client_connection_limit: int | None = 50
+    auth_brake: AuthBrakeConfig = AuthBrakeConfig()
 
     @property
     def default_domain(self) -> str:
@@ -171,19 +209,6 @@ class ServerConfig:
             if domain.default:
                 return domain.name
         return ""
-
-
-@dataclass(frozen=True, slots=True)
-class UserConfig:
-    username: str
-    active: bool
-    password_hash: str
-    scram_sha256: str
-    cram_md5_context: str  # sealed; empty unless the user may use CRAM-MD5
-    servers: tuple[str, ...]  # server names; empty means every server
-
-    def may_use(self, server_name: str) -> bool:
-        return self.active and (not self.servers or server_name in self.servers)
 
 
 def domain_entry(domains: Iterable[DomainConfig], domain: str) -> DomainConfig | None:
@@ -223,11 +248,30 @@ def _lookup_name(name: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class UserConfig:
+    username: str
+    active: bool
+    password_hash: str
+    scram_sha256: str
+    cram_md5_context: str  # sealed; empty unless the user may use CRAM-MD5
+    servers: tuple[str, ...]  # server names; empty means every server
+
+    def may_use(self, server_name: str) -> bool:
+        return self.active and (not self.servers or server_name in self.servers)
+
+
+@dataclass(frozen=True, slots=True)
 class SiteConfig:
     schema: int
     version: int
     servers: tuple[ServerConfig, ...]
     users: tuple[UserConfig, ...]
+    # Which database published this body (a random id made once per database) and the
+    # SHA-256 of its runtime part (the body with version, site and digest left out). A
+    # worker applies any body whose site or digest differs from what it runs: a version
+    # number alone is no identity (a reinstall or a restored backup reuses numbers).
+    site: str = ""
+    digest: str = ""
 
     def server(self, name: str) -> ServerConfig | None:
         for server in self.servers:
@@ -241,6 +285,7 @@ _CHOICES: dict[tuple[type, str], tuple[str, ...]] = {
     (AccessPolicy, "mode"): LIST_MODES,
     (RelayPolicy, "mode"): LIST_MODES,
     (OutboundSecurity, "auth_method"): AUTH_METHODS,
+    (OutboundSecurity, "tls"): TLS_LEVELS,
     (DomainConfig, "kind"): DOMAIN_KINDS,
 }
 
@@ -288,6 +333,9 @@ T = TypeVar("T")
 def _decode(cls: type[T], data: Any, path: str) -> T:
     if not isinstance(data, dict):
         raise ConfigFormatError(f"{path}: expected an object")
+    if cls is OutboundSecurity and type(data.get("tls")) is bool:
+        # A body written when outbound TLS was a check box: "required" kept its meaning.
+        data = {**data, "tls": "required" if data["tls"] else "opportunistic"}
     hints = typing.get_type_hints(cls)
     fields = dataclasses.fields(cls)  # type: ignore[arg-type]
     # A field with a default was added after the schema was first published; a body

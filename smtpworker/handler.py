@@ -26,7 +26,9 @@ from typing import Any
 from aiosmtpd.smtp import MISSING, SMTP, TLSSetupException, _Missing
 
 from smtpworker import policy, proxyproto
-from smtpworker.auth import Accounts, AuthThrottle
+from smtpworker.auth import Accounts
+from smtpworker.authbrake import AuthBrake, client_key
+from smtpworker.authpool import PoolBusy, VerifyPool
 from smtpworker.config import ServerConfig
 from smtpworker.data import DataReader
 from smtpworker.jsonlog import ContextAdapter
@@ -45,6 +47,8 @@ READ_CHUNK = 256 * 1024
 # per this many bytes received.
 MIN_DATA_RATE = 500
 IDENT = "ESMTP mailadmin"
+AUTH_BLOCKED = "454 4.7.0 Too many failed authentication attempts, try again later"
+AUTH_BUSY = "454 4.7.0 Too many authentication attempts in progress, try again later"
 
 
 @dataclass(slots=True)
@@ -56,8 +60,10 @@ class ServerContext:
     accounts: Accounts
     spool: Spool
     sessions: SessionRegistry
-    throttle: AuthThrottle
+    brake: AuthBrake
     executor: Executor | None
+    # Password checks run here, never on ``executor``, which writes the spool.
+    verifier: VerifyPool
     tls_context: ssl.SSLContext | None = None
     # Forward-confirmed reverse DNS names of a client address ((): none or not looked up).
     reverse_names: Callable[[str], Awaitable[tuple[str, ...]]] | None = None
@@ -121,6 +127,7 @@ class SmtpSession(SMTP):
         self.log = ContextAdapter(log, {"server": cfg.name})
         self.info: SessionInfo | None = None
         self.client: policy.Client | None = None
+        self.client_key = ""  # the client's name for the AUTH brake and per-client limit
         self.user: str | None = None
         self.messages = 0
         self.session_bytes = 0
@@ -147,17 +154,24 @@ class SmtpSession(SMTP):
         if self.ctx.reverse_names is not None and _wants_reverse_dns(cfg):
             names = await self.ctx.reverse_names(ip)
         self.client = policy.Client(ip=ip, ptr_names=names)
+        try:
+            self.client_key = client_key(ip)
+        except ValueError:  # not an IP address (a test's or a platform's odd peer name)
+            self.client_key = ip
         self.info = SessionInfo(
-            server=cfg.name, client_ip=ip, client_port=port, close=self._terminate
+            server=cfg.name,
+            client_ip=ip,
+            client_port=port,
+            client_key=self.client_key,
+            close=self._terminate,
         )
         self.log = self.log.bind(client_ip=ip, session=self.info.id)
         decision = policy.check_connect(
-            cfg, self.client, active_connections=self.ctx.sessions.count(cfg.name)
+            cfg,
+            self.client,
+            active_connections=self.ctx.sessions.count(cfg.name),
+            client_connections=self.ctx.sessions.count(cfg.name, self.client_key),
         )
-        if decision.ok and self.ctx.throttle.blocked(ip):
-            decision = policy.Decision(
-                421, "4.7.0", f"{self.hostname} Too many failed logins, try later", "auth throttle"
-            )
         if not decision.ok:
             self.log.debug("connection refused: %s %s", decision.code, decision.text)
             self.ctx.count(f"rejected_connect_{decision.code}")
@@ -443,6 +457,8 @@ class SmtpSession(SMTP):
         if not decision.ok:
             await self.push(decision.reply)
             return
+        if await self._auth_braked():
+            return
         mechanism = MECHANISMS[parts[0].upper()]
         try:
             user = await mechanism(self, parts[1] if len(parts) > 1 else None)
@@ -450,27 +466,60 @@ class SmtpSession(SMTP):
             if failure.reply:
                 await self.push(failure.reply)
             return
+        # Again before the verdict: a block set meanwhile (by this client's other sessions,
+        # on any process of the node) holds for sessions opened before it too.
+        if await self._auth_braked():
+            return
         if user is None:
             await self._auth_failed()
             return
-        self.ctx.throttle.success(self._facts().ip)
         self.user = user
         self.session.authenticated = True
         self.info.user = user
         await self.push("235 2.7.0 Authentication successful")
 
+    async def _auth_braked(self) -> bool:
+        """Answer 454 and return True if this client is blocked from AUTH on this server."""
+        cfg = self.ctx.cfg
+        if not cfg.auth_brake.enabled:
+            return False
+        if not await self.ctx.brake.blocked_until(cfg.name, self.client_key):
+            return False
+        self.ctx.count("auth_braked")
+        await self.push(AUTH_BLOCKED)
+        return True
+
     async def _auth_failed(self) -> None:
-        ip = self._facts().ip
+        """Count a wrong password against the brake, then answer 535 (later and later).
+
+        The failure that reaches the limit is still answered 535: the block shows from the
+        next AUTH on. The session goes on, so mail that needs no AUTH is never refused.
+        """
         self.ctx.count("auth_failures")
-        wait, cut_off = self.ctx.throttle.failure(ip)
-        if cut_off:
-            await self._reply_and_close(
-                "421 4.7.0 Too many failed authentication attempts, closing"
-            )
-            return
-        if wait:
-            await asyncio.sleep(wait)
+        cfg = self.ctx.cfg
+        if cfg.auth_brake.enabled:
+            wait, blocked = await self.ctx.brake.failure(cfg.name, self.client_key, cfg.auth_brake)
+            if blocked:
+                self.log.warning(
+                    "AUTH blocked on %s for client %s after %d failures",
+                    cfg.name,
+                    self.client_key,
+                    cfg.auth_brake.block_after_failures,
+                )
+            elif wait:
+                await asyncio.sleep(wait)
         await self.push("535 5.7.8 Authentication credentials invalid")
+
+    async def check_password(self, username: str, password: str) -> str | None:
+        """The account name if the password is right, checked on the password pool; raises
+        AuthFailed (454) when this client or the node has too many checks in progress."""
+        try:
+            return await self.ctx.verifier.run(
+                self.client_key, self.ctx.accounts.check_password, username, password
+            )
+        except PoolBusy:
+            self.ctx.count("auth_busy")
+            raise AuthFailed(AUTH_BUSY) from None
 
     async def challenge_auth(
         self,

@@ -143,13 +143,16 @@ def _list_grants(mode: str, entries: Sequence[AccessEntry], client: Client) -> t
 # --- Connection -----------------------------------------------------------------------------
 
 
-def check_connect(cfg: ServerConfig, client: Client, *, active_connections: int) -> Decision:
+def check_connect(
+    cfg: ServerConfig, client: Client, *, active_connections: int, client_connections: int = 0
+) -> Decision:
     """Whether a new connection may start a session.
 
-    ``active_connections`` counts the sessions already open on this server, not this one.
+    ``active_connections`` counts the sessions already open on this server, not this one;
+    ``client_connections`` those of the same client (``authbrake.client_key``).
     Refusals: a server not started -> 421 4.3.2; connection control -> 554 5.7.1 (RFC 5321
     section 3.1 allows a 554 greeting to refuse service); the connection limit (None is
-    unlimited) -> 421 4.7.0. On 220 the listener sends its own greeting: RFC 2034 puts no
+    unlimited) -> 421 4.7.0; the per-client limit -> 421 4.7.0 to that client only. On 220 the listener sends its own greeting: RFC 2034 puts no
     enhanced code on the greeting, so ``reply`` is not meant for the wire here.
     """
     host = _host(cfg)
@@ -167,6 +170,14 @@ def check_connect(cfg: ServerConfig, client: Client, *, active_connections: int)
             "4.7.0",
             f"{host} Too many connections, try later",
             f"connection limit ({limit}) reached",
+        )
+    per_client = cfg.client_connection_limit
+    if per_client is not None and client_connections >= per_client:
+        return Decision(
+            421,
+            "4.7.0",
+            f"{host} Too many connections from your address, try later",
+            f"client connection limit ({per_client}) reached",
         )
     return Decision(220, "2.0.0", f"{host} Service ready", rule)
 

@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from smtpworker import tlsinfo
-from smtpworker.auth import Accounts, AuthThrottle
+from smtpworker.auth import Accounts
+from smtpworker.authbrake import AuthBrake
+from smtpworker.authpool import VerifyPool
 from smtpworker.config import ServerConfig, SiteConfig
 from smtpworker.grammar import Binding, bindings_conflict
 from smtpworker.handler import ServerContext, SmtpSession
@@ -62,7 +64,9 @@ class NodeOptions:
     mock_key: bytes
     hostname: str
     executor: Executor | None = None
-    throttle: AuthThrottle = field(default_factory=AuthThrottle)
+    # The AUTH brake (node-wide through Redis when it has a URL) and the password pool.
+    brake: AuthBrake = field(default_factory=AuthBrake)
+    verifier: VerifyPool = field(default_factory=VerifyPool)
     enqueue: Callable[[str, str], None] = lambda queue_id, server: None
     reverse_names: Callable[[str], Awaitable[tuple[str, ...]]] | None = None
     # SO_REUSEPORT on every listener, so that several processes of one node can listen on
@@ -191,8 +195,9 @@ class Node:
             accounts=Accounts(site, server, opts.box, opts.mock_key),
             spool=Spool(home / "Queue"),
             sessions=self.sessions,
-            throttle=opts.throttle,
+            brake=opts.brake,
             executor=opts.executor,
+            verifier=opts.verifier,
             tls_context=self._tls(server),
             reverse_names=opts.reverse_names,
             enqueue=opts.enqueue,
@@ -280,6 +285,8 @@ class Node:
             info.close()
         for w3c in self._logs.values():
             w3c.close()
+        await self.options.brake.close()
+        self.options.verifier.shutdown(wait=False)
 
     def status(self) -> dict[str, Any]:
         """What this node runs, for the API and the dashboard (JSON-ready)."""

@@ -2,8 +2,8 @@
 
 Each mechanism is an async function ``(session, initial_response) -> user or None``: the
 account name on success, None when the credentials are wrong (the caller answers 535 and
-throttles). A malformed or cancelled exchange raises :class:`AuthFailed`, which is not a
-credential failure.
+counts the failure against the AUTH brake). A malformed or cancelled exchange raises
+:class:`AuthFailed`, which is not a credential failure.
 """
 
 from __future__ import annotations
@@ -63,14 +63,14 @@ async def auth_plain(session: SmtpSession, initial: str | None) -> str | None:
     authzid, username, password = (_text(p) for p in parts)
     if authzid and authzid != username:
         return None  # acting for someone else is not supported
-    return await session.run_blocking(session.ctx.accounts.check_password, username, password)  # type: ignore[no-any-return]
+    return await session.check_password(username, password)
 
 
 async def auth_login(session: SmtpSession, initial: str | None) -> str | None:
     raw_user = _decode(initial) if initial is not None else await _challenge(session, b"Username:")
     raw_password = await _challenge(session, b"Password:")
     username, password = _text(raw_user), _text(raw_password)
-    return await session.run_blocking(session.ctx.accounts.check_password, username, password)  # type: ignore[no-any-return]
+    return await session.check_password(username, password)
 
 
 async def auth_cram_md5(session: SmtpSession, initial: str | None) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +17,8 @@ class SessionInfo:
     server: str
     client_ip: str
     client_port: int
+    # The client as the per-client connection limit counts it (an IPv6 /64 is one client).
+    client_key: str = ""
     id: str = field(default_factory=lambda: secrets.token_hex(8))
     since: float = field(default_factory=time.time)
     helo: str = ""
@@ -41,18 +44,29 @@ class SessionInfo:
 
 
 class SessionRegistry:
-    """The sessions open on this node, by id; counts per server for the connection limit."""
+    """The sessions open on this node, by id; counts per server (and per client of a
+    server) for the connection limits."""
 
     def __init__(self) -> None:
         self._sessions: dict[str, SessionInfo] = {}
+        self._per_client: Counter[tuple[str, str]] = Counter()
 
     def add(self, info: SessionInfo) -> None:
+        if info.id not in self._sessions:
+            self._per_client[(info.server, info.client_key)] += 1
         self._sessions[info.id] = info
 
     def remove(self, info: SessionInfo) -> None:
-        self._sessions.pop(info.id, None)
+        if self._sessions.pop(info.id, None) is not None:
+            key = (info.server, info.client_key)
+            self._per_client[key] -= 1
+            if self._per_client[key] <= 0:
+                del self._per_client[key]
 
-    def count(self, server: str) -> int:
+    def count(self, server: str, client_key: str | None = None) -> int:
+        """Open sessions of a server, or of one client (by its key) on that server."""
+        if client_key is not None:
+            return self._per_client.get((server, client_key), 0)
         return sum(1 for s in self._sessions.values() if s.server == server)
 
     def __iter__(self) -> Iterator[SessionInfo]:

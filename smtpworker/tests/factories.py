@@ -29,7 +29,9 @@ from smtpworker.grammar import parse_access_entry, parse_binding
 from smtpworker.secretbox import SecretBox
 
 BOX = SecretBox("test encryption key")
-NO_SECURITY = OutboundSecurity(tls=False, auth_method="anonymous", username="", password="")
+NO_SECURITY = OutboundSecurity(
+    tls="opportunistic", auth_method="anonymous", username="", password=""
+)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -104,7 +106,7 @@ def server(name: str = "Test", *bindings: str, **overrides: Any) -> ServerConfig
         ),
         domains=(local(f"{name.lower()}.test", default=True),),
     )
-    sections = {"auth", "tls", "messages", "delivery", "logging"}
+    sections = {"auth", "tls", "messages", "delivery", "logging", "auth_brake"}
     for key in list(overrides):
         if key in sections and isinstance(overrides[key], dict):
             overrides[key] = replace(getattr(base, key), **overrides[key])

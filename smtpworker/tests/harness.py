@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from smtpworker.auth import AuthThrottle
+from smtpworker.authbrake import AuthBrake
 from smtpworker.config import SiteConfig
 from smtpworker.runtime import Node, NodeOptions
 from smtpworker.tests.factories import BOX
@@ -21,7 +21,9 @@ class LiveNode:
         self.thread.start()
         self.enqueued: list[tuple[str, str]] = []
         self.executor = ThreadPoolExecutor(4)
-        options.setdefault("throttle", AuthThrottle(free=1, delay=0.01, max_delay=0.05, limit=4))
+        # In-process brake (no Redis URL) with short delays; tests of the shared brake
+        # pass their own.
+        options.setdefault("brake", AuthBrake(delay=0.01, max_delay=0.05))
         self.node = Node(
             NodeOptions(
                 name=name,

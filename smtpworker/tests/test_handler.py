@@ -179,24 +179,25 @@ def scram_login(client: smtplib.SMTP, username: str, password: str) -> tuple[int
     return client.docmd("")
 
 
-def test_wrong_passwords_are_refused_slowed_and_cut_off(live: LiveNode) -> None:
-    cfg = one(auth={"basic": True})
+def test_wrong_passwords_are_refused_then_braked_but_mail_goes_on(live: LiveNode) -> None:
+    cfg = one(auth={"basic": True}, auth_brake={"block_after_failures": 4})
     address = serve(live, cfg, users=(user("alice", "s3cret"),))
+    blocked = (454, b"4.7.0 Too many failed authentication attempts, try again later")
+
+    def plain(password: str) -> str:
+        return "PLAIN " + base64.b64encode(f"\0alice\0{password}".encode()).decode()
+
     with connect(address) as client:
         client.ehlo("client.test")
-        replies = []
-        for _ in range(4):
-            try:
-                client.login("alice", "wrong")
-            except smtplib.SMTPAuthenticationError as exc:
-                replies.append((exc.smtp_code, exc.smtp_error))
-            except smtplib.SMTPServerDisconnected:
-                break
-        assert replies[0] == (535, b"5.7.8 Authentication credentials invalid")
-        assert replies[-1] == (421, b"4.7.0 Too many failed authentication attempts, closing")
-    sock = socket.create_connection(address, timeout=5)  # the address stays refused for a while
-    assert sock.recv(200).startswith(b"421 test.example.test Too many failed logins")
-    sock.close()
+        replies = [client.docmd("AUTH", plain("wrong")) for _ in range(5)]
+        assert replies[:4] == [(535, b"5.7.8 Authentication credentials invalid")] * 4
+        assert replies[4] == blocked
+        # The session goes on: mail that needs no AUTH is still taken.
+        client.sendmail("a@sender.test", ["b@test.test"], MESSAGE)
+    # A new connection is greeted as ever; only its AUTH is refused, right password or not.
+    with connect(address) as client:
+        client.ehlo("client.test")
+        assert client.docmd("AUTH", plain("s3cret")) == blocked
 
 
 def test_an_unknown_user_and_a_user_of_another_server_are_refused(live: LiveNode) -> None:

@@ -29,7 +29,6 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from smtpworker import grammar, policy
-from smtpworker.auth import AuthThrottle
 from smtpworker.config import DomainConfig, ServerConfig
 from smtpworker.grammar import GrammarError
 from smtpworker.tests.factories import local, remote, server, user
@@ -282,10 +281,10 @@ class Target:
 
 @pytest.fixture(scope="module")
 def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
-    # No AUTH throttle delays: guessing is tested in test_protocol_abuse.
-    throttle = AuthThrottle(free=10**9, limit=10**9)
-    live = LiveNode(Path(tmp_path_factory.mktemp("fuzz")), throttle=throttle)
+    # No AUTH brake: guessing is tested in test_protocol_abuse and test_hostile_auth.
+    live = LiveNode(Path(tmp_path_factory.mktemp("fuzz")))
     cfg = internet_relay(
+        auth_brake={"enabled": False},
         auth={"basic": True, "integrated": True, "cram_md5": True},
         messages={
             "max_message_size": 4000,

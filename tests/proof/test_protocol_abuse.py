@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import trustme
 
-from smtpworker.auth import AuthThrottle
+from smtpworker.authbrake import AuthBrake
 from smtpworker.config import ServerConfig
 from smtpworker.tests.factories import BOX, user
 from smtpworker.tests.harness import LiveNode
@@ -459,34 +459,38 @@ def test_auth_before_tls_where_tls_is_required(
 
 @pytest.fixture
 def guarded(tmp_path: Path) -> Iterator[LiveNode]:
-    throttle = AuthThrottle(free=2, delay=0.25, max_delay=0.5, limit=6, window=60, block=60)
-    node = LiveNode(tmp_path, throttle=throttle)
+    node = LiveNode(tmp_path, brake=AuthBrake(delay=0.25, max_delay=0.5))
     yield node
     node.close()
 
 
-def test_password_guessing_is_throttled_then_cut_off(guarded: LiveNode) -> None:
+def test_password_guessing_is_throttled_then_braked(guarded: LiveNode) -> None:
     live = guarded
-    address = start(live, internet_relay(auth={"basic": True}), users=(user("alice", "s3cret"),))
+    cfg = internet_relay(
+        auth={"basic": True},
+        auth_brake={"failures_before_delay": 2, "block_after_failures": 6, "block_seconds": 60},
+    )
+    address = start(live, cfg, users=(user("alice", "s3cret"),))
+    right = "AUTH PLAIN " + base64.b64encode(b"\x00alice\x00s3cret").decode()
     took: list[float] = []
     with Wire(address) as wire:
         wire.hello()
-        for n in range(5):
+        for n in range(6):
             guess = base64.b64encode(f"\x00alice\x00guess{n}".encode()).decode()
             began = time.monotonic()
             reply = wire.command(f"AUTH PLAIN {guess}")
             took.append(time.monotonic() - began)
             assert (reply.code, reply.text) == (535, "5.7.8 Authentication credentials invalid")
-        reply = wire.command("AUTH PLAIN " + base64.b64encode(b"\x00alice\x00guess5").decode())
-        assert (reply.code, reply.enhanced) == (421, "4.7.0"), reply
-        assert wire.closed()
+        reply = wire.command(right)
+        assert (reply.code, reply.enhanced) == (454, "4.7.0"), reply
+        assert wire.command("NOOP").code == 250  # the session goes on
     assert max(took[:2]) < 0.2  # two free guesses
     assert took[2] >= 0.24 and took[3] >= 0.49 and took[4] >= 0.49  # then slower and slower
-    # The address stays refused, even with the right password ...
+    # The address stays braked for AUTH, even with the right password, but is served ...
     with Wire(address) as wire:
-        greeting = wire.greeting()
-        assert greeting.code == 421 and "Too many failed logins" in greeting.text
-        assert wire.closed()
+        wire.hello()  # greeted with 220
+        reply = wire.command(right)
+        assert (reply.code, reply.enhanced) == (454, "4.7.0"), reply
     # ... while other clients are served as before.
     other = socket.create_connection(address, timeout=5, source_address=("127.0.0.2", 0))
     assert other.recv(200).startswith(b"220 ")
