@@ -22,6 +22,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
 
+from smtpworker import safefile
+
 logger = logging.getLogger(__name__)
 
 PERIODS = ("hourly", "daily", "weekly", "monthly")
@@ -308,8 +310,11 @@ class W3CLog:
         if self._file is not None:
             self._file.close()  # flushes; an error here is handled like any write error
             self._file = None
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.directory / name, "ab", buffering=_BUFFER_BYTES)
+        # Never through a link nor a hard link planted by whoever may write to LogFiles/:
+        # the worker would append client-chosen text (HELO, addresses) to another file.
+        with safefile.directory(self.directory) as dir_fd:
+            fd = safefile.open_append(dir_fd, name, mode=0o640)
+        self._file = open(fd, "ab", buffering=_BUFFER_BYTES)
         self._name = name
         self._header_due = True
 

@@ -1,9 +1,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
+import resource
+import signal
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -374,16 +378,27 @@ def test_no_fields_logs_nothing(tmp_path: Path) -> None:
 # --- failures ---------------------------------------------------------------------------------
 
 
-def test_disk_full_is_swallowed_and_logged_once(
+@contextlib.contextmanager
+def file_size_limit(size: int) -> Iterator[None]:
+    """Writes past ``size`` bytes fail with EFBIG, as a full disk fails them with ENOSPC
+    (the log refuses a link to /dev/full, and mounting a small filesystem needs more)."""
+    old_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the signal kills us
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size, old_limit[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
+        signal.signal(signal.SIGXFSZ, old_handler)
+
+
+def test_a_write_error_is_swallowed_and_logged_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    directory = tmp_path / "LogFiles"
-    directory.mkdir()
-    (directory / "ex240309.log").symlink_to("/dev/full")  # every write: ENOSPC
     clock = FakeClock()
     log = make_log(tmp_path, clock=clock)
 
-    with caplog.at_level(logging.WARNING, logger="smtpworker.w3clog"):
+    with caplog.at_level(logging.WARNING, logger="smtpworker.w3clog"), file_size_limit(16):
         log.write(record())
         log.flush()
         clock.now += RETRY_SECONDS
@@ -393,7 +408,7 @@ def test_disk_full_is_swallowed_and_logged_once(
 
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
-    assert "No space left on device" in warnings[0].getMessage()
+    assert "File too large" in warnings[0].getMessage()
 
 
 def test_unopenable_directory_is_swallowed_and_recovers(
@@ -425,3 +440,25 @@ def test_record_is_immutable() -> None:
     rec = record()
     with pytest.raises(dataclasses.FrozenInstanceError):
         rec.status = 500  # type: ignore[misc]
+
+
+def test_a_link_planted_as_the_log_file_is_never_appended_to(tmp_path: Path) -> None:
+    # Whoever may write to LogFiles/ must not make the worker append client-chosen text
+    # (HELO names, addresses) to another file, e.g. a .pth file of the virtualenv.
+    target = tmp_path / "precious.pth"
+    target.write_bytes(b"precious\n")
+    (tmp_path / "LogFiles").mkdir()
+    (tmp_path / "LogFiles" / "ex240309.log").symlink_to(target)
+    log = make_log(tmp_path)
+    log.write(record(helo="import os; os.system('id')"))
+    log.close()
+    assert target.read_bytes() == b"precious\n"
+    assert (tmp_path / "LogFiles" / "ex240309.log").is_symlink()
+
+
+def test_log_files_are_created_for_the_owner_and_its_group_only(tmp_path: Path) -> None:
+    log = make_log(tmp_path)
+    log.write(record())
+    log.close()
+    assert (tmp_path / "LogFiles" / "ex240309.log").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "LogFiles").stat().st_mode & 0o777 == 0o700
