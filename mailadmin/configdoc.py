@@ -29,7 +29,9 @@ from mailadmin.services.servers import (
     DEFAULT_BINDING,
     RUNNING_STATES,
     conflict_message,
+    lenient_list,
     server_apply,
+    server_cross_errors,
 )
 from mailadmin.services.users import user_apply
 from smtpworker import grammar
@@ -107,63 +109,118 @@ def document_import(raw: Any, *, author: str) -> ImportResult:
     if not isinstance(raw, dict):
         raise ConfigError.at((), "The document must be an object with servers and users.")
     serializer = DocumentSerializer(data=raw)
-    if not serializer.is_valid():
-        # Cross-object checks run on the raw document too, so one answer lists every error.
-        errors = list(flatten_drf_errors(serializer.errors))
-        errors.extend(_document_errors(_objects_only(raw)))
-        raise ConfigError(errors)
-    doc = serializer.validated_data
+    if serializer.is_valid():
+        doc, errors = serializer.validated_data, []
+    else:
+        # Go on with the objects that are valid by themselves, so one answer lists every
+        # error: the cross-object checks and the services' own rules included.
+        doc, errors = _valid_parts(raw), list(flatten_drf_errors(serializer.errors))
     before = current_version()
     with config_transaction(author=author, reason="import configuration document"):
-        errors = list(_document_errors(doc))
+        errors.extend(_document_errors(doc))
         if not any(e.path[:1] == ("servers",) and "name" in e.path for e in errors):
             errors.extend(_apply_document(doc))
         if errors:
-            raise ConfigError(errors)  # rolls the whole transaction back
+            # In document order, so the answer reads top to bottom like the document.
+            raise ConfigError(sorted(errors, key=lambda e: _path_key(e.path)))  # rolls back
     after = current_version()
     return ImportResult(version=after, changed=after != before)
 
 
-def _objects_only(raw: dict[str, Any]) -> dict[str, Any]:
-    """The parts of a raw document the cross-object checks can read (others are already
-    reported by the serializer)."""
+def _path_key(path: tuple[str | int, ...]) -> tuple[tuple[int, int, str], ...]:
+    return tuple((0, p, "") if isinstance(p, int) else (1, 0, p) for p in path)
 
-    def items(value: Any, key: str) -> list[dict[str, Any]]:
-        listed = value if isinstance(value, list) else []
-        return [i for i in listed if isinstance(i, dict) and isinstance(i.get(key), str)]
 
-    servers = []
-    for server in items(raw.get("servers"), "name"):
-        server = dict(server, domains=items(server.get("domains"), "name"))
-        server["domains"] = [
-            dict(d, is_default=d.get("default") is True) for d in server["domains"]
-        ]
-        servers.append(server)
+def _valid_parts(raw: dict[str, Any]) -> dict[str, Any]:
+    """The document with each object validated on its own: a valid one as its serializer
+    gives it, an invalid one as what the cross-object checks can read of it, marked
+    ``INVALID`` so that it is checked but never applied. Positions are kept, so paths stay
+    right."""
+
+    servers = [
+        _valid_or_lenient(DocumentServerSerializer, s, _lenient_server)
+        for s in _items(raw.get("servers"))
+    ]
     users = [
-        dict(u, servers=[n for n in u.get("servers", []) if isinstance(n, str)])
-        if isinstance(u.get("servers", []), list)
-        else dict(u, servers=[])
-        for u in items(raw.get("users"), "username")
+        _valid_or_lenient(DocumentUserSerializer, u, _lenient_user)
+        for u in _items(raw.get("users"))
     ]
     return {"servers": servers, "users": users}
 
 
+INVALID = "__invalid__"
+
+
+def _valid_or_lenient(
+    serializer_class: type[serializers.Serializer],
+    item: Any,
+    lenient: Callable[[dict[str, Any]], dict[str, Any]],
+) -> dict[str, Any]:
+    if not isinstance(item, dict):
+        return {INVALID: True}
+    serializer = serializer_class(data=item)
+    if serializer.is_valid():
+        return dict(serializer.validated_data)
+    return {**lenient(item), INVALID: True, "raw": item}
+
+
+def _items(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _lenient_server(item: dict[str, Any]) -> dict[str, Any]:
+    domains = _items(item.get("domains"))
+    return {
+        "name": _text(item.get("name")),
+        "state": item.get("state", "started"),
+        "default_domain": _text(item.get("default_domain")),
+        "bindings": lenient_list(grammar.parse_binding, item.get("bindings")) or [],
+        "domains": [
+            {"name": _text(d.get("name")), "is_default": d.get("default") is True}
+            if isinstance(d, dict)
+            else {"name": None}
+            for d in domains
+        ],
+    }
+
+
+def _lenient_user(item: dict[str, Any]) -> dict[str, Any]:
+    names = _items(item.get("servers"))
+    return {
+        "username": _text(item.get("username")),
+        "servers": [n if isinstance(n, str) else None for n in names],
+    }
+
+
 def _document_errors(doc: dict[str, Any]) -> Iterator[FieldError]:
     servers = doc.get("servers", [])
-    yield from _duplicates(servers, lambda s: s["name"], "servers", "name", "server name")
-    names = {s["name"] for s in servers}
+    yield from _duplicates(servers, lambda s: s.get("name"), "servers", "name", "server name")
+    names = {s.get("name") for s in servers} - {None}
     for i, server in enumerate(servers):
         domains = server.get("domains", [])
         yield from _duplicates(
-            domains, lambda d: d["name"].lower(), f"servers.{i}.domains", "name", "domain"
+            domains,
+            lambda d: (d.get("name") or "").lower() or None,
+            f"servers.{i}.domains",
+            "name",
+            "domain",
         )
         yield from _default_domain_errors(i, server)
+        if server.get(INVALID) and isinstance(server.get("raw"), dict):
+            # A valid server's own rules are checked when it is applied; an invalid one
+            # never is, so its PROXY rule is checked here (other servers are peers below).
+            for error in server_cross_errors(server=None, raw=server["raw"], peers=[]):
+                yield FieldError(("servers", i, *error.path), error.message)
     yield from _binding_conflicts(servers)
     users = doc.get("users", [])
-    yield from _duplicates(users, lambda u: u["username"], "users", "username", "user name")
+    yield from _duplicates(users, lambda u: u.get("username"), "users", "username", "user name")
     for i, user in enumerate(users):
         for j, name in enumerate(user.get("servers", [])):
-            if name not in names:
+            if name is not None and name not in names:
                 yield FieldError(
                     ("users", i, "servers", j), f"No server named '{name}' in the document."
                 )
@@ -171,39 +228,40 @@ def _document_errors(doc: dict[str, Any]) -> Iterator[FieldError]:
 
 def _binding_conflicts(servers: list[dict[str, Any]]) -> Iterator[FieldError]:
     """The document replaces every server, so its running servers are checked against
-    each other only (each against those before it, in document order)."""
+    each other only (each against those before it, in document order). A binding that
+    did not parse is skipped: the serializer reported it."""
     taken: list[tuple[grammar.Binding, str, str]] = []
     for index, server in enumerate(servers):
         state = server.get("state", "started")
-        if state not in RUNNING_STATES:
+        if state not in RUNNING_STATES or server.get("name") is None:
             continue
         bindings = server.get("bindings") or [DEFAULT_BINDING]
-        if not all(isinstance(b, grammar.Binding) for b in bindings):
-            continue  # unparsed text: already reported by the serializer
         for position, binding in enumerate(bindings):
+            if not isinstance(binding, grammar.Binding):
+                continue
             clash = next((t for t in taken if grammar.bindings_conflict(binding, t[0])), None)
             if clash:
                 yield FieldError(
                     ("servers", index, "bindings", position),
                     conflict_message(binding, *clash),
                 )
-        taken.extend((b, server["name"], state) for b in bindings)
+        taken.extend((b, server["name"], state) for b in bindings if isinstance(b, grammar.Binding))
 
 
 def _duplicates(
-    items: list[Any], key: Callable[[Any], str], where: str, field: str, what: str
+    items: list[Any], key: Callable[[Any], str | None], where: str, field: str, what: str
 ) -> Iterator[FieldError]:
     counts = Counter(key(item) for item in items)
     prefix: tuple[str | int, ...] = tuple(int(p) if p.isdigit() else p for p in where.split("."))
     for index, item in enumerate(items):
-        if counts[key(item)] > 1:
+        if key(item) is not None and counts[key(item)] > 1:
             yield FieldError(
                 prefix + (index, field), f"The {what} '{key(item)}' appears more than once."
             )
 
 
 def _default_domain_errors(index: int, server: dict[str, Any]) -> Iterator[FieldError]:
-    defaults = [d["name"] for d in server.get("domains", []) if d.get("is_default")]
+    defaults = [d["name"] for d in server.get("domains", []) if d.get("is_default") and d["name"]]
     named = server.get("default_domain")
     if len(defaults) > 1:
         yield FieldError(("servers", index, "domains"), "Only one domain can be the default.")
@@ -238,17 +296,21 @@ def _with_defaults(
 def _apply_document(doc: dict[str, Any]) -> list[FieldError]:
     """Write the document; return the errors met on the way (the caller rolls back)."""
     servers = doc.get("servers", [])
-    VirtualServer.objects.exclude(name__in=[s["name"] for s in servers]).delete()
+    VirtualServer.objects.exclude(name__in=[s.get("name") for s in servers]).delete()
     errors: list[FieldError] = []
     for index, data in enumerate(servers):
+        if data.get(INVALID):
+            continue
         try:
             with transaction.atomic():
                 _apply_server(data)
         except ConfigError as exc:
             errors.extend(exc.prefixed(("servers", index)).errors)
     users = doc.get("users", [])
-    SmtpUser.objects.exclude(username__in=[u["username"] for u in users]).delete()
+    SmtpUser.objects.exclude(username__in=[u.get("username") for u in users]).delete()
     for index, data in enumerate(users):
+        if data.get(INVALID):
+            continue
         try:
             with transaction.atomic():
                 _apply_user(data)

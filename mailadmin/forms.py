@@ -151,6 +151,21 @@ class SheetForm(forms.Form):
             data[name] = self.cleaned_data[name]
         return data
 
+    def partial_service_data(self) -> dict[str, Any]:
+        """``service_data()`` for the fields that cleaned, when some did not: what the
+        services can still check, so the sheet lists every error at once."""
+        if self.is_valid():
+            return self.service_data()
+        ok = self.cleaned_data
+        data = {name: ok[name] for name in self.SIMPLE + self.LISTS if name in ok}
+        for name in self.LIMITS:
+            if name in ok and f"{name}_on" in ok:
+                data[name] = ok[name] if ok[f"{name}_on"] else None
+        for name in self.DURATIONS:
+            if ok.get(name) is not None and f"{name}_unit" in ok:
+                data[name] = ok[name] * int(ok[f"{name}_unit"])
+        return data
+
 
 def list_values(server: VirtualServer, name: str) -> list[str]:
     if name == "bindings":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from django.db.models import QuerySet
@@ -39,7 +40,7 @@ from mailadmin.api.serializers import (
     WorkerSerializer,
 )
 from mailadmin.api.yaml import YAMLParser, YAMLRenderer
-from mailadmin.exceptions import ConfigError
+from mailadmin.exceptions import ConfigError, flatten_drf_errors
 from mailadmin.models import ConfigSnapshot, Domain, ServerState, SmtpUser, VirtualServer
 from mailadmin.relaytest import relay_test
 from mailadmin.selectors import sessions_list, worker_statuses
@@ -79,6 +80,32 @@ class ServerViewSet(CrudViewSet):
 
     def get_queryset(self) -> QuerySet[VirtualServer]:
         return VirtualServer.objects.prefetch_related("bindings", "access_entries", "domains")
+
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        serializer = self.get_serializer(data=request.data)
+        self._valid_or_every_error(serializer)
+        self.perform_create(serializer)
+        headers = self.get_success_headers(serializer.data)
+        return Response(serializer.data, status=status.HTTP_201_CREATED, headers=headers)
+
+    def update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        partial = kwargs.pop("partial", False)
+        serializer = self.get_serializer(self.get_object(), data=request.data, partial=partial)
+        self._valid_or_every_error(serializer)
+        self.perform_update(serializer)
+        return Response(serializer.data)
+
+    def _valid_or_every_error(self, serializer: Any) -> None:
+        """Field errors come with the cross-object ones (a binding another running server
+        holds, PROXY without a trusted proxy), so one answer lists every error."""
+        if serializer.is_valid():
+            return
+        errors = list(flatten_drf_errors(serializer.errors))
+        raw = self.request.data if isinstance(self.request.data, Mapping) else {}
+        instance = serializer.instance
+        peers = server_services.running_peers(exclude=instance)
+        errors.extend(server_services.server_cross_errors(server=instance, raw=raw, peers=peers))
+        raise ConfigError(errors)
 
     def perform_create(self, serializer: Any) -> None:
         serializer.instance = server_services.server_create(

@@ -9,10 +9,11 @@ plain text and are sealed here. Every write runs in ``config_transaction`` and r
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import transaction
 
 from mailadmin.exceptions import ConfigError, FieldError, from_django_validation_error
 from mailadmin.layout import SECRET_FIELDS, SERVER_FIELD_PATHS
@@ -42,6 +43,9 @@ RELATED_KEYS = (
 RUNNING_STATES = (ServerState.STARTED, ServerState.PAUSED)
 DEFAULT_BINDING = grammar.Binding(None, 25)  # IIS: (All Unassigned), port 25
 
+T = TypeVar("T")
+Peer = tuple[str, str, Sequence[grammar.Binding]]  # name, state, bindings of a running server
+
 
 def server_create(*, data: dict[str, Any], author: str) -> VirtualServer:
     """Create a server with IIS defaults for everything ``data`` leaves out."""
@@ -62,6 +66,25 @@ def server_update(*, server: VirtualServer, data: dict[str, Any], author: str) -
         server_apply(server, data)
         server_check_conflicts(server)
     return server
+
+
+class _DryRun(Exception):
+    pass
+
+
+def server_check(*, server: VirtualServer, data: dict[str, Any]) -> list[FieldError]:
+    """The errors ``server_update(server=server, data=data)`` would raise; nothing is
+    written and no version is made, whatever the outcome."""
+    try:
+        with transaction.atomic():
+            locked = VirtualServer.objects.select_for_update().get(pk=server.pk)
+            server_apply(locked, data)
+            server_check_conflicts(locked)
+            raise _DryRun
+    except _DryRun:
+        return []
+    except ConfigError as exc:
+        return exc.errors
 
 
 def server_delete(*, server: VirtualServer, author: str) -> None:
@@ -249,3 +272,63 @@ def conflict_message(mine: grammar.Binding, theirs: grammar.Binding, name: str, 
         "cannot share an IP address and port, and (All Unassigned) covers every address "
         "on its port."
     )
+
+
+def lenient_list(parse: Callable[[str], T], raw: Any) -> list[T | None] | None:
+    """Each text of a raw list parsed where it parses, ``None`` where it does not (the
+    field's own validation reports that item), positions kept; ``None`` if ``raw`` is not
+    a list of texts at all."""
+    if not isinstance(raw, list):
+        return None
+    parsed: list[T | None] = []
+    for item in raw:
+        try:
+            parsed.append(parse(item) if isinstance(item, str) else None)
+        except grammar.GrammarError:
+            parsed.append(None)
+    return parsed
+
+
+def running_peers(exclude: VirtualServer | None = None) -> list[Peer]:
+    """Every stored running server but ``exclude``, for :func:`server_cross_errors`."""
+    others = VirtualServer.objects.filter(state__in=RUNNING_STATES).prefetch_related("bindings")
+    if exclude is not None and exclude.pk is not None:
+        others = others.exclude(pk=exclude.pk)
+    return [(o.name, o.state, [b.as_grammar() for b in o.bindings.all()]) for o in others]
+
+
+def server_cross_errors(
+    *, server: VirtualServer | None, raw: Mapping[str, Any], peers: Sequence[Peer]
+) -> list[FieldError]:
+    """The rules that span objects (an ip:port another running server holds, PROXY
+    bindings without a trusted proxy), checked on input that failed field validation.
+
+    ``raw`` is the server as the document or API gave it (``bindings``,
+    ``trusted_proxies``, ``state``); what it leaves out is read from ``server`` as stored.
+    Items that do not parse are skipped (their own field reports them) and paths keep
+    their positions, so one answer lists these errors beside the field errors.
+    """
+    state = raw.get("state")
+    if state not in ServerState.values:
+        state = server.state if server is not None and server.pk else ServerState.STARTED
+    stored = server if server is not None and server.pk is not None else None
+    bindings = lenient_list(grammar.parse_binding, raw.get("bindings"))
+    if bindings is None:
+        rows = stored.bindings.all() if stored else []
+        bindings = [b.as_grammar() for b in rows] or [DEFAULT_BINDING]
+    trusted = lenient_list(grammar.parse_access_entry, raw.get("trusted_proxies"))
+    if trusted is None:
+        entries = stored.access_entries.filter(list=AccessList.PROXY) if stored else []
+        trusted = [grammar.parse_access_entry(e.value) for e in entries]
+    errors: list[FieldError] = []
+    present = [(i, b) for i, b in enumerate(bindings) if b is not None]
+    if state in RUNNING_STATES:
+        taken = [(b, name, peer_state) for name, peer_state, bs in peers for b in bs]
+        for index, binding in present:
+            clash = next((t for t in taken if grammar.bindings_conflict(binding, t[0])), None)
+            if clash is not None:
+                errors.append(FieldError(("bindings", index), conflict_message(binding, *clash)))
+    if not trusted:  # an unparsable trusted proxy still counts as one listed
+        for _field, position, message in proxy_protocol_errors([b for _, b in present], []):
+            errors.append(FieldError(("bindings", present[position][0]), message))
+    return errors

@@ -49,9 +49,10 @@ def properties(request: HttpRequest, pk: int, tab: str = "general") -> HttpRespo
     bound = [f for f in forms if f.is_bound]
     active = request.POST.get("active_tab", tab)
     if not all(f.is_valid() for f in bound):
+        unplaced = _every_error(request, server, bound)
         for form in bound:
             describe(form)
-        return _render(request, server, forms, active, [], status=400)
+        return _render(request, server, forms, active, unplaced, status=400)
     data: dict[str, Any] = {}
     for form in bound:
         data.update(form.service_data())
@@ -72,6 +73,30 @@ def properties(request: HttpRequest, pk: int, tab: str = "general") -> HttpRespo
         return redirect("console:server", pk=server.pk)
     target = active if active in TAB_NAMES else "general"
     return redirect("console:properties-tab", pk=server.pk, tab=target)
+
+
+def _every_error(
+    request: HttpRequest, server: VirtualServer, bound: list[SheetForm]
+) -> list[FieldError]:
+    """Beside the field errors, the services' errors for the fields that did clean and
+    the cross-object ones for list lines that parsed; returns those with no field here."""
+    data: dict[str, Any] = {}
+    for form in bound:
+        data.update(form.partial_service_data())
+    errors = server_services.server_check(server=server, data=data)
+    general = next((f for f in bound if f.tab == "general"), None)
+    if general is not None and {"bindings", "proxy_entries"} & set(general.errors):
+        raw = {
+            "bindings": request.POST.get("bindings", "").splitlines(),
+            "trusted_proxies": request.POST.get("proxy_entries", "").splitlines(),
+        }
+        raw = {k: [line.strip() for line in v if line.strip()] for k, v in raw.items()}
+        peers = server_services.running_peers(exclude=server)
+        errors += server_services.server_cross_errors(server=server, raw=raw, peers=peers)
+    unplaced = errors
+    for form in bound:
+        unplaced = attach_errors(form, ConfigError(unplaced), SHEET_PATH_FIELDS)
+    return unplaced
 
 
 def _render(
