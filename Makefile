@@ -13,7 +13,7 @@ SCRIPTS := bin/run bin/with-redis bin/proof
 .PHONY: help install run test proof lint typecheck fmt clean
 
 help:
-	@echo "make run        migrate, collect static, ensure an admin, run every process (Ctrl-C stops)"
+	@echo "make run        keys, migrate, collect static, ensure an admin, run every process (Ctrl-C stops)"
 	@echo "make test       run pytest with a real Redis (PYTEST_ARGS=... passes arguments)"
 	@echo "make proof      run the proof suites (tests/proof, long ones too) and print one table"
 	@echo "make lint       ruff check, ruff format --check, mypy"
@@ -34,10 +34,7 @@ $(STAMP): requirements.txt requirements-dev.txt | $(BIN)/python
 install: $(STAMP)
 
 run: $(STAMP)
-	@# SQLite's default database file lives there, and SQLite does not create directories.
-	mkdir -p "$(or $(MAILADMIN_DATA_DIR),var)"
-	$(BIN)/python manage.py migrate --noinput
-	$(BIN)/python manage.py collectstatic --noinput --verbosity 0
+	@# bin/run generates the keys into var/ first, then migrates and collects static files.
 	$(BIN)/python bin/run
 
 test: $(STAMP)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import statistics
 import sys
 import tempfile
@@ -27,6 +28,10 @@ sys.path.insert(0, str(ROOT))
 def setup(database_dir: Path) -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mailadmin.settings")
     os.environ["MAILADMIN_DATA_DIR"] = str(database_dir)
+    # The product ships no key (make run generates them): this run makes its own.
+    for name in ("SECRET_KEY", "MAILADMIN_ENCRYPTION_KEY"):
+        if not (os.environ.get(name) or os.environ.get(f"{name}_FILE")):
+            os.environ[name] = f"bench-{secrets.token_urlsafe(32)}"
     url = os.environ.get("DATABASE_URL", "")
     if url.startswith("postgres"):
         base = url.rsplit("/", 1)[0]

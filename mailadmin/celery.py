@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 from celery import Celery
-from celery.signals import celeryd_after_setup, task_postrun, task_prerun
+from celery.signals import beat_init, celeryd_after_setup, task_postrun, task_prerun, worker_init
 
 from smtpworker.handoff import delivery_queue
 
@@ -15,6 +15,23 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mailadmin.settings")
 app = Celery("mailadmin")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@worker_init.connect
+@beat_init.connect
+def _refuse_unsafe_start(**kwargs: Any) -> None:
+    """Celery runs no Django system checks: refuse to start without usable keys.
+
+    SystemExit, because Celery logs and ignores any Exception a signal handler raises.
+    """
+    from django.core.exceptions import ImproperlyConfigured
+
+    from mailadmin.checks import refuse_unsafe_start
+
+    try:
+        refuse_unsafe_start()
+    except ImproperlyConfigured as exc:
+        raise SystemExit(f"celery: {exc}") from None
 
 
 @celeryd_after_setup.connect

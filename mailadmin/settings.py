@@ -53,13 +53,15 @@ def envlist(name: str, default: str) -> list[str]:
 
 
 DEBUG = envbool("DEBUG", "false")
-# The development default is only ever used when nothing is configured; production
-# deployments must set SECRET_KEY (checked by mailadmin.checks, id mailadmin.E001).
-SECRET_KEY = envstr("SECRET_KEY", "dev-insecure-mailadmin-secret-key-change-me")
+# No default: a key in the repository would be public. `make run` generates both keys
+# once into var/ and passes them to every process; a deployment mounts them as *_FILE.
+# Left empty, Django refuses to use it, and the checks in mailadmin.checks (run by
+# `migrate`, the web process and Celery at start) refuse to start without DEBUG.
+SECRET_KEY = envstr("SECRET_KEY", "")
 # Encrypts secrets at rest (TLS keys, smart-host passwords, CRAM-MD5 contexts). The SMTP
 # worker needs the same value to decrypt them from the published snapshot. Falls back to
 # SECRET_KEY so a single-machine install needs only one secret.
-MAILADMIN_ENCRYPTION_KEY = envstr("MAILADMIN_ENCRYPTION_KEY", SECRET_KEY)
+MAILADMIN_ENCRYPTION_KEY = envstr("MAILADMIN_ENCRYPTION_KEY", "") or SECRET_KEY
 ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", "127.0.0.1,localhost,[::1],testserver")
 CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", "")
 

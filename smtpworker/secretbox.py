@@ -12,7 +12,14 @@ from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-__all__ = ["PREFIX", "SecretBox", "SecretBoxError", "is_sealed"]
+__all__ = [
+    "PREFIX",
+    "PUBLIC_DEVELOPMENT_KEY",
+    "SecretBox",
+    "SecretBoxError",
+    "is_sealed",
+    "key_problem",
+]
 
 PREFIX = "enc:v1:"
 # A fixed salt is enough here: HKDF only stretches a random passphrase into a key, it is
@@ -21,6 +28,31 @@ PREFIX = "enc:v1:"
 _SALT = b"mailadmin secretbox salt v1"
 _INFO = b"mailadmin secretbox v1"
 _WRONG_KEY = "cannot decrypt: the encryption key differs from the one this secret was stored with"
+# What SECRET_KEY and MAILADMIN_ENCRYPTION_KEY fell back to before keys had no default.
+# It was in the repository, so it is public: nothing may run with it. It is kept only to
+# recognise it (key_problem) and to re-seal what an old install stored under it
+# (``manage.py reseal_secrets --public-development-key``, which `make run` runs).
+PUBLIC_DEVELOPMENT_KEY = "dev-insecure-mailadmin-secret-key-change-me"
+
+
+def key_problem(name: str, key: str) -> str | None:
+    """Say why the key ``key`` (the setting ``name``) must not be used, or None if it may.
+
+    An empty key and the public development key are refused; the text names the setting
+    and says how to give it a value.
+    """
+    if not key.strip():
+        return (
+            f"{name} is not set: set it (or {name}_FILE, a file holding it) to a long random "
+            "string, e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(48))'; "
+            "`make run` generates one into var/"
+        )
+    if key.strip() == PUBLIC_DEVELOPMENT_KEY:
+        return (
+            f"{name} is the public development key that older versions shipped in the "
+            "repository: anyone can read it. Set a long random key of your own (see README)"
+        )
+    return None
 
 
 class SecretBoxError(Exception):

@@ -1,0 +1,242 @@
+"""No public default secret in a running product (issue 10, item 7).
+
+The keys have no default in the repository: every process refuses to start without one or
+with the old public development key, `make run` generates them once into var/ (0600,
+created exclusively) and hands them to every child, and an old install's secrets sealed
+under the public key are re-sealed. Real processes (``manage.py``, gunicorn's WSGI module,
+Celery, the SMTP worker, ``bin/run`` with its private Redis), no mocks.
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import os
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from rest_framework.test import APIClient
+
+from mailadmin.checks import check_keys, check_sealed_secrets
+from mailadmin.models import ConfigSnapshot, VirtualServer
+from mailadmin.services.secrets import secret_open
+from mailadmin.tests.conftest import make_server
+from mailadmin.tests.stack import until
+from smtpworker.secretbox import PUBLIC_DEVELOPMENT_KEY, SecretBox
+from smtpworker.tests.factories import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+KEY_NAMES = ("SECRET_KEY", "MAILADMIN_ENCRYPTION_KEY")
+TIMEOUT = 60.0
+
+
+def keyless_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The environment of a fresh machine: no key at all, its own SQLite and data dir, and
+    a Redis address nothing answers at (a process that does not refuse hangs there)."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(KEY_NAMES)
+        and k not in ("DATABASE_URL", "CELERY_BROKER_URL", "DEBUG", "PYTEST_CURRENT_TEST")
+    }
+    env.update(
+        MAILADMIN_DATA_DIR=str(tmp_path / "var"),
+        REDIS_URL="redis://127.0.0.1:1/0",
+        DJANGO_SETTINGS_MODULE="mailadmin.settings",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+def run(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *argv], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+        capture_output=True, text=True, timeout=TIMEOUT, check=False,
+    )  # fmt: skip
+
+
+# -- every process refuses to start without a usable key ------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        pytest.param(["manage.py", "check"], id="manage.py check"),
+        pytest.param(["-c", "import mailadmin.wsgi"], id="gunicorn's WSGI module"),
+        pytest.param(
+            ["-m", "celery", "-A", "mailadmin", "worker", "--pool", "solo"], id="celery worker"
+        ),
+        pytest.param(["-m", "celery", "-A", "mailadmin", "beat", "-s", "beat"], id="celery beat"),
+        pytest.param(["-m", "smtpworker", "--node", "n1"], id="smtp worker"),
+    ],
+)
+@pytest.mark.parametrize("key", ["", PUBLIC_DEVELOPMENT_KEY], ids=["no key", "public key"])
+def test_a_process_refuses_to_start_without_a_private_key(
+    argv: list[str], key: str, tmp_path: Path
+) -> None:
+    extra = {name: key for name in KEY_NAMES} if key else {}
+    result = run(argv, keyless_env(tmp_path, **extra))
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    expected = "public development key" if key else "is not set"
+    assert expected in output, output
+    assert "Traceback" not in output or "ImproperlyConfigured" in output, output
+
+
+def test_debug_mode_only_warns_about_the_public_key(tmp_path: Path) -> None:
+    env = keyless_env(
+        tmp_path, DEBUG="true", **{name: PUBLIC_DEVELOPMENT_KEY for name in KEY_NAMES}
+    )
+    result = run(["manage.py", "check"], env)
+    assert result.returncode == 0, result.stderr
+    assert "mailadmin.W001" in result.stderr and "mailadmin.W002" in result.stderr
+
+
+def test_the_key_checks_name_each_setting(settings: Any) -> None:
+    settings.DEBUG = False
+    settings.SECRET_KEY = PUBLIC_DEVELOPMENT_KEY
+    settings.MAILADMIN_ENCRYPTION_KEY = ""
+    found = {m.id: m for m in check_keys()}
+    assert set(found) == {"mailadmin.E001", "mailadmin.E002"}
+    assert "SECRET_KEY is the public development key" in found["mailadmin.E001"].msg
+    assert "MAILADMIN_ENCRYPTION_KEY is not set" in found["mailadmin.E002"].msg
+    settings.SECRET_KEY = "x" * 64
+    settings.MAILADMIN_ENCRYPTION_KEY = "y" * 64
+    assert check_keys() == []
+
+
+# -- make run: keys generated once, 0600, never through a link ------------------------
+
+
+@pytest.fixture
+def bin_run(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+    loader = importlib.machinery.SourceFileLoader("bin_run", str(ROOT / "bin" / "run"))
+    spec = importlib.util.spec_from_loader("bin_run", loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bin_run", module)
+    loader.exec_module(module)
+    for name in KEY_NAMES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(f"{name}_FILE", raising=False)
+    yield module
+
+
+def test_make_run_generates_each_key_once_and_reuses_it(
+    bin_run: ModuleType, tmp_path: Path
+) -> None:
+    given = bin_run.ensure_keys(tmp_path)
+    assert set(given) == {"SECRET_KEY_FILE", "MAILADMIN_ENCRYPTION_KEY_FILE"}
+    keys = {name: Path(path).read_text() for name, path in given.items()}
+    for path in given.values():
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert keys["SECRET_KEY_FILE"] != keys["MAILADMIN_ENCRYPTION_KEY_FILE"]
+    assert all(len(key.strip()) >= 64 for key in keys.values())
+    again = bin_run.ensure_keys(tmp_path)
+    assert again == given
+    assert {name: Path(path).read_text() for name, path in again.items()} == keys
+
+
+def test_make_run_never_writes_a_key_through_a_planted_link(
+    bin_run: ModuleType, tmp_path: Path
+) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    data = tmp_path / "var"
+    data.mkdir()
+    (data / "secret-key.txt").symlink_to(victim)
+    with pytest.raises(RuntimeError, match="not a regular file of ours"):
+        bin_run.ensure_keys(data)
+    assert victim.read_text() == "precious\n"
+
+
+def test_make_run_keeps_keys_the_environment_gives(
+    bin_run: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SECRET_KEY alone: the encryption key falls back to it, as it may have sealed secrets.
+    monkeypatch.setenv("SECRET_KEY", "given-" + "k" * 60)
+    assert bin_run.ensure_keys(tmp_path) == {}
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_make_run_starts_every_process_with_generated_keys(tmp_path: Path) -> None:
+    """`make run` (bin/run) on a fresh checkout: keys appear in var/ as 0600 files, and the
+    web process, Celery worker, beat and SMTP worker all start on them and stay up."""
+    web = f"127.0.0.1:{free_port()}"
+    env = keyless_env(tmp_path, WEB_ADDR=web, NO_COLOR="1", MAILADMIN_NODE="keys")
+    proc = subprocess.Popen(
+        [sys.executable, "bin/run"], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    lines: list[bytes] = []
+    assert proc.stdout is not None
+    stream = proc.stdout
+
+    def read() -> None:
+        with stream:
+            lines.extend(iter(stream.readline, b""))
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        until(lambda: any(b"Login: admin / " in line for line in lines), timeout=TIMEOUT)
+        with urllib.request.urlopen(f"http://{web}/accounts/login/", timeout=TIMEOUT) as answer:
+            assert answer.status == 200
+        until(lambda: any(b"smtp" in line and b" running (config" in line for line in lines)
+              or proc.poll() is not None, timeout=TIMEOUT)  # fmt: skip
+        # Celery's worker and beat refuse (exit) right after their start if they do.
+        until(lambda: any(b"worker" in line and b" ready." in line for line in lines)
+              or proc.poll() is not None, timeout=TIMEOUT)  # fmt: skip
+    finally:
+        os.kill(proc.pid, signal.SIGINT)
+        code = proc.wait(timeout=TIMEOUT)
+        reader.join(timeout=10)
+    text = b"".join(lines).decode(errors="replace")
+    assert code == 0, text
+    assert "exited" not in text, text  # no child died (a refused key would make one exit)
+    for name in ("secret-key.txt", "encryption-key.txt"):
+        path = tmp_path / "var" / name
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert path.read_text().strip() not in text  # never printed
+
+
+# -- an install from before: secrets sealed under the public key ----------------------
+
+
+@pytest.mark.django_db
+def test_an_old_installs_secrets_are_resealed_not_lost() -> None:
+    admin = User.objects.create_superuser("root", "root@example.test", "root-password")
+    api = APIClient()
+    api.force_login(admin)
+    server = make_server(api)
+    old = SecretBox(PUBLIC_DEVELOPMENT_KEY).seal("smart-host-password")
+    VirtualServer.objects.filter(pk=server["id"]).update(outbound_password=old)
+    versions = ConfigSnapshot.objects.count()
+
+    warnings = check_sealed_secrets(databases=["default"])
+    assert [w.id for w in warnings] == ["mailadmin.W003"]
+    assert f"VirtualServer {server['id']} outbound_password" in warnings[0].msg
+    with pytest.raises(CommandError, match="open with none of the keys"):
+        call_command("reseal_secrets")  # without the old key it cannot, and says so
+
+    call_command("reseal_secrets", "--public-development-key")
+    sealed = VirtualServer.objects.get(pk=server["id"]).outbound_password
+    assert sealed != old
+    assert secret_open(sealed) == "smart-host-password"
+    assert check_sealed_secrets(databases=["default"]) == []
+    assert ConfigSnapshot.objects.count() == versions + 1  # the workers get the new seal
+    call_command("reseal_secrets", "--public-development-key")  # a no-op the second time
+    assert ConfigSnapshot.objects.count() == versions + 1
