@@ -15,7 +15,7 @@ from django import forms
 
 from mailadmin.exceptions import ConfigError, FieldError
 from mailadmin.layout import DOMAIN_FIELD_PATHS, SERVER_FIELD_PATHS
-from mailadmin.models import ListMode, LogPeriod, OutboundAuth, VirtualServer
+from mailadmin.models import ListMode, LogPeriod, OutboundAuth, OutboundTls, VirtualServer
 from mailadmin.models.servers import default_log_fields
 from mailadmin.validators import W3C_FIELDS
 from smtpworker import grammar
@@ -176,6 +176,27 @@ def list_values(server: VirtualServer, name: str) -> list[str]:
     return list(getattr(server, name))
 
 
+def outbound_tls_fields() -> tuple[forms.ChoiceField, forms.CharField, forms.BooleanField]:
+    """The TLS level, the CA certificates it verifies with, and the clear text AUTH box,
+    as the Outbound Security dialog and a remote domain's sheet show them."""
+    return (
+        forms.ChoiceField(
+            label="TLS encryption", choices=OutboundTls.choices, widget=forms.RadioSelect
+        ),
+        forms.CharField(
+            label="CA certificates (PEM)",
+            required=False,
+            widget=forms.Textarea(attrs={"rows": 4, "spellcheck": "false", "class": "mono"}),
+            help_text="Trusted by the verified level; empty: the system's CAs.",
+        ),
+        forms.BooleanField(
+            label="Allow authentication without TLS",
+            required=False,
+            help_text="Anyone on the path can read the password when the host offers no TLS.",
+        ),
+    )
+
+
 def _limit(label: str) -> tuple[forms.BooleanField, forms.IntegerField]:
     return (
         forms.BooleanField(label=label, required=False),
@@ -202,7 +223,7 @@ class GeneralForm(SheetForm):
         "logging_period",
         "logging_fields",
     )
-    LIMITS = ("connection_limit",)
+    LIMITS = ("connection_limit", "client_connection_limit")
     LISTS = ("bindings", "proxy_entries")
 
     name = forms.CharField(label="Name", max_length=64)
@@ -228,6 +249,7 @@ class GeneralForm(SheetForm):
         label="Home directory", required=False, help_text="Empty: <mailroot>/<name>."
     )
     connection_limit_on, connection_limit = _limit("Limit number of connections to")
+    client_connection_limit_on, client_connection_limit = _limit("Limit connections per client to")
     connection_timeout = forms.IntegerField(label="Connection time-out (seconds)", min_value=1)
     logging_enabled = forms.BooleanField(label="Enable logging", required=False)
     logging_period = forms.ChoiceField(
@@ -250,12 +272,16 @@ class AccessForm(SheetForm):
         "auth_basic_default_domain",
         "auth_integrated",
         "auth_cram_md5",
+        "auth_brake_enabled",
+        "auth_failures_before_delay",
+        "auth_block_after_failures",
         "tls_require",
         "connection_mode",
         "relay_mode",
         "relay_allow_authenticated",
     )
     LISTS = ("connection_entries", "relay_entries")
+    DURATIONS = ("auth_failure_window_minutes", "auth_block_minutes")
 
     auth_anonymous = forms.BooleanField(label="Anonymous access", required=False)
     auth_basic = forms.BooleanField(
@@ -272,6 +298,17 @@ class AccessForm(SheetForm):
         required=False,
         help_text="Needs a password-equivalent stored per user; only for old clients.",
     )
+    auth_brake_enabled = forms.BooleanField(label="Brake password guessing", required=False)
+    auth_failures_before_delay = forms.IntegerField(
+        label="Failed logons before replies slow down", min_value=0
+    )
+    auth_block_after_failures = forms.IntegerField(
+        label="Failed logons before the client is blocked", min_value=1
+    )
+    auth_failure_window_minutes, auth_failure_window_minutes_unit = _duration(
+        "Counting failed logons over"
+    )
+    auth_block_minutes, auth_block_minutes_unit = _duration("Block the client's logons for")
     tls_certificate = forms.FileField(label="Certificate (PEM, chain allowed)", required=False)
     tls_private_key = forms.FileField(
         label="Private key (PEM)", required=False, help_text="Stored sealed; never shown back."
@@ -339,6 +376,8 @@ class DeliveryForm(SheetForm):
     tab, title = "delivery", "Delivery"
     SIMPLE = (
         "outbound_tls",
+        "outbound_tls_ca",
+        "outbound_cleartext_auth",
         "outbound_auth_method",
         "outbound_username",
         "outbound_port",
@@ -389,7 +428,7 @@ class DeliveryForm(SheetForm):
         widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
         help_text="Leave empty to keep the stored password.",
     )
-    outbound_tls = forms.BooleanField(label="TLS encryption", required=False)
+    outbound_tls, outbound_tls_ca, outbound_cleartext_auth = outbound_tls_fields()
     outbound_connection_limit_on, outbound_connection_limit = _limit(
         "Limit number of connections to"
     )

@@ -26,6 +26,7 @@ SERVER_LAYOUT: Layout = {
     "default_domain": "@default_domain",
     "home_directory": "home_directory",
     "connection_limit": "connection_limit",
+    "client_connection_limit": "client_connection_limit",
     "connection_timeout": "connection_timeout",
     "logging": {
         "enabled": "logging_enabled",
@@ -39,6 +40,13 @@ SERVER_LAYOUT: Layout = {
         "basic_default_domain": "auth_basic_default_domain",
         "integrated": "auth_integrated",
         "cram_md5": "auth_cram_md5",
+        "brake": {
+            "enabled": "auth_brake_enabled",
+            "failures_before_delay": "auth_failures_before_delay",
+            "block_after_failures": "auth_block_after_failures",
+            "window_minutes": "auth_failure_window_minutes",
+            "block_minutes": "auth_block_minutes",
+        },
     },
     "tls": {
         "certificate": "tls_certificate",
@@ -77,10 +85,12 @@ SERVER_LAYOUT: Layout = {
             "per_domain_limit": "outbound_per_domain_limit",
             "timeout": "outbound_timeout",
             "tls": "outbound_tls",
+            "tls_ca": "outbound_tls_ca",
             "auth": {
                 "method": "outbound_auth_method",
                 "username": "outbound_username",
                 "password": "outbound_password",
+                "allow_cleartext": "outbound_cleartext_auth",
             },
         },
     },
@@ -88,10 +98,12 @@ SERVER_LAYOUT: Layout = {
 
 OUTBOUND_SECURITY_LAYOUT: Layout = {
     "tls": "outbound_tls",
+    "tls_ca": "outbound_tls_ca",
     "auth": {
         "method": "outbound_auth_method",
         "username": "outbound_username",
         "password": "outbound_password",
+        "allow_cleartext": "outbound_cleartext_auth",
     },
 }
 

@@ -15,6 +15,8 @@ from typing import Any
 import redis
 from django.conf import settings
 
+from smtpworker import authbrake
+
 log = logging.getLogger(__name__)
 
 WORKER_KEY_PATTERN = "mailadmin:worker:*"
@@ -46,6 +48,23 @@ def worker_statuses() -> list[dict[str, Any]]:
         )
         statuses.append(status)
     return sorted(statuses, key=lambda s: str(s.get("node")))
+
+
+def auth_blocks(server: str) -> list[dict[str, Any]] | None:
+    """The clients the AUTH brake blocks on one server now (``smtpworker.authbrake``),
+    soonest end first, as ``{client, until, seconds_left}``; None when Redis is down."""
+    try:
+        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2)
+        rows = authbrake.list_blocks(client, server)
+        client.close()
+    except redis.RedisError as exc:
+        log.warning("cannot read AUTH blocks from Redis: %s", exc)
+        return None
+    now = time.time()
+    return [
+        {"client": key, "until": until, "seconds_left": max(0, int(until - now))}
+        for key, until in rows
+    ]
 
 
 def server_runtime(name: str, statuses: list[dict[str, Any]]) -> dict[str, Any]:

@@ -23,6 +23,8 @@ def _security(obj: VirtualServer | Domain) -> wc.OutboundSecurity:
         auth_method=obj.outbound_auth_method,
         username=obj.outbound_username,
         password=obj.outbound_password,
+        tls_ca=obj.outbound_tls_ca,
+        cleartext_auth=obj.outbound_cleartext_auth,
     )
 
 
@@ -56,6 +58,7 @@ def server_config(server: VirtualServer) -> wc.ServerConfig:
         home_directory=server.home_directory,
         connection_limit=server.connection_limit,
         connection_timeout=server.connection_timeout,
+        client_connection_limit=server.client_connection_limit,
         logging=wc.LoggingConfig(
             enabled=server.logging_enabled,
             period=server.logging_period,
@@ -112,6 +115,13 @@ def server_config(server: VirtualServer) -> wc.ServerConfig:
         ),
         domains=tuple(domain_config(d) for d in server.domains.all()),
         trusted_proxies=listed(AccessList.PROXY),
+        auth_brake=wc.AuthBrakeConfig(
+            enabled=server.auth_brake_enabled,
+            failures_before_delay=server.auth_failures_before_delay,
+            block_after_failures=server.auth_block_after_failures,
+            window_seconds=server.auth_failure_window_minutes * 60,
+            block_seconds=server.auth_block_minutes * 60,
+        ),
     )
 
 

@@ -8,6 +8,7 @@ from django.urls import include, path, re_path
 
 from mailadmin.metrics import metrics_view
 from mailadmin.views import (
+    authblocks,
     create,
     domains,
     machine,
@@ -44,6 +45,12 @@ console = (
             name="session-terminate",
         ),
         path("servers/<int:pk>/relay-test/", tools.relay_tester, name="relay-test"),
+        path("servers/<int:pk>/auth-blocks/", authblocks.block_list, name="auth-blocks"),
+        path(
+            "servers/<int:pk>/auth-blocks/unblock/",
+            authblocks.block_lift,
+            name="auth-unblock",
+        ),
         path("domains/<int:pk>/", domains.domain_properties, name="domain"),
         path("domains/<int:pk>/delete/", domains.domain_delete, name="domain-delete"),
         path("users/", users.user_list, name="users"),

@@ -117,6 +117,34 @@ class SecretSetField(serializers.ReadOnlyField):
         return bool(value)
 
 
+class TlsLevelField(serializers.ChoiceField):
+    """The outbound TLS level. A document written when it was a check box says true or
+    false: true meant STARTTLS required with any certificate ("required"), false "use it
+    when offered" ("opportunistic"), so a restored backup keeps its meaning."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if data is True or data is False:
+            return "required" if data else "opportunistic"
+        return super().to_internal_value(data)
+
+
+def tls_level_field(model: type[models.Model], key: str, name: str) -> serializers.Field:
+    model_field = model._meta.get_field(name)
+    assert isinstance(model_field, models.Field)
+    return TlsLevelField(
+        choices=model_field.choices,
+        source=name,
+        required=False,
+        help_text="opportunistic (TLS when offered), required (TLS, any certificate) or "
+        "verified (TLS with a trusted certificate naming the host; tls_ca or the system's "
+        "CAs). true and false, from older documents, mean required and opportunistic.",
+    )
+
+
+# Model fields whose DRF field is not the one ModelSerializer would build.
+FIELD_BUILDERS = {"outbound_tls": tls_level_field}
+
+
 def model_field(model: type[models.Model], key: str, name: str) -> serializers.Field:
     """The DRF field ModelSerializer would build for ``model.name``, exposed as ``key``."""
     builder: serializers.ModelSerializer = serializers.ModelSerializer()
@@ -164,7 +192,8 @@ def layout_fields(model: type[models.Model], layout: Layout, prefix: str) -> dic
             )
             fields[f"{key}_set"] = SecretSetField(source=target, help_text="Whether one is stored.")
         else:
-            fields[key] = model_field(model, key, target)
+            build = FIELD_BUILDERS.get(target, model_field)
+            fields[key] = build(model, key, target)
     return fields
 
 
@@ -305,3 +334,21 @@ class RelayCheckResultSerializer(serializers.Serializer):
     decided_by = serializers.CharField()
     steps = DecisionSerializer(many=True)
     notes = serializers.ListField(child=serializers.CharField())
+
+
+class AuthBlockSerializer(serializers.Serializer):
+    """A client the AUTH brake blocks on a server: its logons are answered 454 until then."""
+
+    client = serializers.CharField(help_text="an IPv4 address, or an IPv6 /64")
+    until = serializers.FloatField(help_text="Unix time the block ends")
+    seconds_left = serializers.IntegerField()
+
+
+class UnblockSerializer(serializers.Serializer):
+    address = serializers.CharField(
+        max_length=64, help_text="the client as listed, or any IPv6 address of its /64"
+    )
+
+
+class UnblockResultSerializer(serializers.Serializer):
+    client = serializers.CharField(help_text="the client whose block was lifted (if any)")

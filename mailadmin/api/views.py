@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,6 +17,7 @@ from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.authtoken.models import Token
 from rest_framework.authtoken.serializers import AuthTokenSerializer
 from rest_framework.decorators import action
+from rest_framework.exceptions import APIException
 from rest_framework.parsers import JSONParser
 from rest_framework.permissions import AllowAny
 from rest_framework.renderers import JSONRenderer
@@ -29,6 +31,7 @@ from mailadmin.api.parsers import PARSERS
 from mailadmin.api.permissions import IsReader
 from mailadmin.api.schema import ApiSchema
 from mailadmin.api.serializers import (
+    AuthBlockSerializer,
     DomainSerializer,
     RelayCheckResultSerializer,
     RelayCheckSerializer,
@@ -36,6 +39,8 @@ from mailadmin.api.serializers import (
     SessionSerializer,
     TokenRequestSerializer,
     TokenSerializer,
+    UnblockResultSerializer,
+    UnblockSerializer,
     UserSerializer,
     WorkerSerializer,
 )
@@ -43,12 +48,13 @@ from mailadmin.api.yaml import YAMLParser, YAMLRenderer
 from mailadmin.exceptions import ConfigError, flatten_drf_errors
 from mailadmin.models import ConfigSnapshot, Domain, ServerState, SmtpUser, VirtualServer
 from mailadmin.relaytest import relay_test
-from mailadmin.selectors import sessions_list, worker_statuses
+from mailadmin.selectors import auth_blocks, sessions_list, worker_statuses
+from mailadmin.services import authblocks as authblock_services
 from mailadmin.services import control as control_services
 from mailadmin.services import domains as domain_services
 from mailadmin.services import servers as server_services
 from mailadmin.services import users as user_services
-from mailadmin.services.config import current_version
+from mailadmin.services.config import VersionConflict, current_version
 from smtpworker.grammar import GrammarError
 
 
@@ -168,6 +174,46 @@ class ServerViewSet(CrudViewSet):
             }
         )
 
+    @extend_schema(
+        request=None,
+        responses={
+            200: AuthBlockSerializer(many=True),
+            503: OpenApiResponse(description="Redis, where the blocks are kept, is down."),
+        },
+    )
+    @action(detail=True, methods=["get"], url_path="auth-blocks", pagination_class=None)
+    def auth_blocks(self, request: Request, pk: str | None = None) -> Response:
+        """The clients the AUTH brake blocks on this server now, soonest end first.
+
+        A blocked client's AUTH is answered 454 on this server only; its connections and
+        mail that needs no AUTH are served as ever."""
+        blocks = auth_blocks(self.get_object().name)
+        if blocks is None:
+            return _brake_unavailable()
+        return Response(AuthBlockSerializer(blocks, many=True).data)
+
+    @extend_schema(
+        request=UnblockSerializer,
+        responses={
+            200: UnblockResultSerializer,
+            503: OpenApiResponse(description="Redis, where the blocks are kept, is down."),
+        },
+    )
+    @action(detail=True, methods=["post"], url_path="auth-blocks/unblock")
+    def auth_unblock(self, request: Request, pk: str | None = None) -> Response:
+        """Lift a client's AUTH block on this server (administrators only)."""
+        serializer = UnblockSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        try:
+            client = authblock_services.auth_unblock(
+                server=self.get_object(),
+                address=serializer.validated_data["address"],
+                author=_author(request),
+            )
+        except authblock_services.BrakeUnavailable:
+            return _brake_unavailable()
+        return Response({"client": client})
+
     @extend_schema(request=None, responses=ServerSerializer)
     @action(detail=True, methods=["post"])
     def start(self, request: Request, pk: str | None = None) -> Response:
@@ -185,6 +231,13 @@ class ServerViewSet(CrudViewSet):
     def pause(self, request: Request, pk: str | None = None) -> Response:
         """Pause the server: open sessions finish, new connections are refused."""
         return self._set_state(request, ServerState.PAUSED)
+
+
+def _brake_unavailable() -> Response:
+    return Response(
+        {"detail": "The AUTH brake's store (Redis) does not answer; try again."},
+        status=status.HTTP_503_SERVICE_UNAVAILABLE,
+    )
 
 
 @extend_schema(tags=["domains"])
@@ -271,6 +324,64 @@ _ImportErrors = inline_serializer(
 )
 
 
+class PreconditionFailed(APIException):
+    status_code = status.HTTP_412_PRECONDITION_FAILED
+    default_detail = "The configuration changed since the version given in If-Match."
+    default_code = "precondition_failed"
+
+
+_Detail = inline_serializer("ErrorDetail", {"detail": serializers.CharField()})
+_ETAG = OpenApiParameter(
+    "ETag",
+    str,
+    OpenApiParameter.HEADER,
+    response=[200],
+    description='The configuration version in force, as an entity tag: `"7"`.',
+)
+_IF_MATCH = OpenApiParameter(
+    "If-Match",
+    str,
+    OpenApiParameter.HEADER,
+    description=(
+        'The ETag of the document the edit is based on (`"7"`, or several, comma-separated). '
+        "If another version is in force the answer is 412 and nothing changes; `*` or no "
+        "header: the edit is unconditional."
+    ),
+)
+# One entity tag of an If-Match list: strong ("7") or weak (W/"7"), RFC 9110 section 8.8.3.
+_ENTITY_TAG = re.compile(r'\s*(W/)?"([\x21\x23-\x7e]*)"\s*(?:,|$)')
+
+
+def _version_headers(version: int) -> dict[str, str]:
+    return {"ETag": f'"{version}"', "X-Config-Version": str(version)}
+
+
+def _if_match(request: Request) -> tuple[int, ...] | None:
+    """The versions an If-Match header accepts; None when it sets no condition.
+
+    Strong comparison, as RFC 9110 requires for If-Match: a weak tag matches nothing.
+    A header that is not a list of entity tags is refused with 400.
+    """
+    header = request.headers.get("If-Match")
+    if header is None or header.strip() == "*":
+        return None
+    versions: list[int] = []
+    position = 0
+    while position < len(header):
+        match = _ENTITY_TAG.match(header, position)
+        if match is None or match.end() == position:
+            raise serializers.ValidationError(
+                {"If-Match": ['Give the ETag of GET /api/v1/config/, quoted: If-Match: "7".']}
+            )
+        weak, tag = match.group(1), match.group(2)
+        if not weak and tag.isascii() and tag.isdigit() and len(tag) < 19:
+            versions.append(int(tag))
+        position = match.end()
+    if not versions and not header.strip():
+        raise serializers.ValidationError({"If-Match": ["The header is empty."]})
+    return tuple(versions)
+
+
 @extend_schema(tags=["config"])
 class ConfigDocumentView(APIView):
     """The whole configuration as one document (JSON, or YAML with application/yaml)."""
@@ -280,21 +391,42 @@ class ConfigDocumentView(APIView):
     parser_classes = [JSONParser, YAMLParser]
     renderer_classes = [JSONRenderer, YAMLRenderer]
 
-    @extend_schema(responses={200: OpenApiResponse(description="The configuration document.")})
+    @extend_schema(
+        responses={200: OpenApiResponse(description="The configuration document.")},
+        parameters=[_ETAG],
+    )
     def get(self, request: Request) -> Response:
-        """Export the configuration; secrets are left out."""
-        return Response(
-            configdoc.document_export(), headers={"X-Config-Version": str(current_version())}
-        )
+        """Export the configuration; secrets are left out. The ``ETag`` is its version."""
+        # The version first: a change committed between the two reads makes the tag
+        # older than the document, so an edit based on it gets 412, never a silent win.
+        version = current_version()
+        return Response(configdoc.document_export(), headers=_version_headers(version))
 
     @extend_schema(
         request={"application/json": dict, "application/yaml": dict},
-        responses={200: _ImportResult, 400: _ImportErrors},
+        parameters=[_IF_MATCH, _ETAG],
+        responses={
+            200: _ImportResult,
+            400: _ImportErrors,
+            412: OpenApiResponse(
+                _Detail, description="If-Match names a version that is no longer in force."
+            ),
+        },
     )
     def put(self, request: Request) -> Response:
-        """Replace the whole configuration, atomically: any error and nothing changes."""
+        """Replace the whole configuration, atomically: any error and nothing changes.
+
+        With ``If-Match: "<version>"`` (the ETag of GET) the edit is made only if that
+        version is still in force, else 412 and nothing changes: two administrators cannot
+        silently overwrite each other's edits.
+        """
+        if_match = _if_match(request)
         try:
-            result = configdoc.document_import(request.data, author=_author(request))
+            result = configdoc.document_import(
+                request.data, author=_author(request), if_match=if_match
+            )
+        except VersionConflict as exc:
+            raise PreconditionFailed(str(exc)) from exc
         except ConfigError as exc:
             count = len(exc.errors)
             return Response(
@@ -304,7 +436,10 @@ class ConfigDocumentView(APIView):
                 },
                 status=status.HTTP_400_BAD_REQUEST,
             )
-        return Response({"version": result.version, "changed": result.changed})
+        return Response(
+            {"version": result.version, "changed": result.changed},
+            headers=_version_headers(result.version),
+        )
 
 
 @extend_schema(tags=["config"])

@@ -32,6 +32,13 @@ class OutboundAuth(models.TextChoices):
     INTEGRATED = "integrated", "Integrated Windows authentication"
 
 
+class OutboundTls(models.TextChoices):
+    # Postfix's smtp_tls_security_level may / encrypt / verify.
+    OPPORTUNISTIC = "opportunistic", "Opportunistic: TLS when the host offers it"
+    REQUIRED = "required", "Required: TLS or no delivery, with any certificate"
+    VERIFIED = "verified", "Required and verified: a trusted certificate naming the host"
+
+
 class LogPeriod(models.TextChoices):
     HOURLY = "hourly", "Hourly"
     DAILY = "daily", "Daily"
@@ -72,6 +79,35 @@ _positive = [MinValueValidator(1)]
 _port = [MinValueValidator(1), MaxValueValidator(65535)]
 
 
+# The outbound security fields, shared by the server (its smart host and direct delivery)
+# and each remote domain (mail routed to it).
+def outbound_tls_field() -> models.CharField:
+    return models.CharField(
+        "outbound TLS",
+        max_length=16,
+        choices=OutboundTls.choices,
+        default=OutboundTls.OPPORTUNISTIC,
+    )
+
+
+def outbound_tls_ca_field() -> models.TextField:
+    return models.TextField(
+        "CA certificates",
+        blank=True,
+        default="",
+        validators=[validators.pem_certificates],
+        help_text="PEM certificates that verified TLS trusts; empty: the system's CAs.",
+    )
+
+
+def outbound_cleartext_auth_field() -> models.BooleanField:
+    return models.BooleanField(
+        "allow authentication without TLS",
+        default=False,
+        help_text="Send the user name and password even when the session is not encrypted.",
+    )
+
+
 class VirtualServer(models.Model):
     """One SMTP virtual server, as in IIS Manager's SMTP snap-in.
 
@@ -105,6 +141,12 @@ class VirtualServer(models.Model):
     )
     connection_limit = models.PositiveIntegerField(null=True, blank=True, validators=_positive)
     connection_timeout = models.PositiveIntegerField(default=600, validators=_positive)
+    # Concurrent connections one client (an IPv4 address, an IPv6 /64) may hold, like
+    # Postfix's smtpd_client_connection_count_limit and its default of 50: a busy relay
+    # or a large NAT opens a few dozen at most, one host cannot take every slot.
+    client_connection_limit = models.PositiveIntegerField(
+        null=True, blank=True, default=50, validators=_positive
+    )
     logging_enabled = models.BooleanField(default=True)
     logging_period = models.CharField(
         max_length=16, choices=LogPeriod.choices, default=LogPeriod.DAILY
@@ -124,6 +166,21 @@ class VirtualServer(models.Model):
     # CRAM-MD5 verifiers are password-equivalent for that mechanism, so it is offered only
     # where an operator turns it on (SCRAM-SHA-256 is always part of "integrated").
     auth_cram_md5 = models.BooleanField(default=False)
+    # Access: the brake on password guessing, per client (an IPv4 address, an IPv6 /64)
+    # and for this server only. It answers AUTH with 454; it never refuses a connection.
+    auth_brake_enabled = models.BooleanField("brake password guessing", default=True)
+    auth_failures_before_delay = models.PositiveIntegerField(
+        default=3, validators=[MaxValueValidator(1000)]
+    )
+    auth_block_after_failures = models.PositiveIntegerField(
+        default=10, validators=[MinValueValidator(1), MaxValueValidator(1000)]
+    )
+    auth_failure_window_minutes = models.PositiveIntegerField(
+        default=15, validators=[MinValueValidator(1), MaxValueValidator(10080)]
+    )
+    auth_block_minutes = models.PositiveIntegerField(
+        default=15, validators=[MinValueValidator(1), MaxValueValidator(10080)]
+    )
 
     # Access: secure communication
     tls_certificate = models.TextField(blank=True, default="")
@@ -190,12 +247,14 @@ class VirtualServer(models.Model):
         null=True, blank=True, default=100, validators=_positive
     )
     outbound_timeout = models.PositiveIntegerField(default=600, validators=_positive)
-    outbound_tls = models.BooleanField(default=False)
+    outbound_tls = outbound_tls_field()
+    outbound_tls_ca = outbound_tls_ca_field()
     outbound_auth_method = models.CharField(
         max_length=16, choices=OutboundAuth.choices, default=OutboundAuth.ANONYMOUS
     )
     outbound_username = models.CharField(max_length=254, blank=True, default="")
     outbound_password = models.TextField(blank=True, default="")  # sealed
+    outbound_cleartext_auth = outbound_cleartext_auth_field()
 
     created = models.DateTimeField(auto_now_add=True)
     updated = models.DateTimeField(auto_now=True)

@@ -104,6 +104,21 @@ CHANGES = [
         {"expiration_minutes": "3", "expiration_minutes_unit": "1440"},
         lambda s: s.expiration_minutes == 3 * 1440,
     ),
+    (
+        "access",
+        {
+            "auth_block_after_failures": "5",
+            "auth_block_minutes": "2",
+            "auth_block_minutes_unit": "60",
+        },
+        lambda s: s.auth_block_after_failures == 5 and s.auth_block_minutes == 120,
+    ),
+    ("access", {"auth_brake_enabled": None}, lambda s: not s.auth_brake_enabled),
+    (
+        "general",
+        {"client_connection_limit_on": None},
+        lambda s: s.client_connection_limit is None,
+    ),
 ]
 
 

@@ -27,6 +27,8 @@ API_PATHS = {
     "/api/v1/sessions/{id}/terminate/": {"post"},
     "/api/v1/workers/": {"get"},
     "/api/v1/servers/{id}/check-relay/": {"post"},
+    "/api/v1/servers/{id}/auth-blocks/": {"get"},
+    "/api/v1/servers/{id}/auth-blocks/unblock/": {"post"},
     "/api/v1/queues/": {"get"},
     "/api/v1/queues/{id}/retry/": {"post"},
     "/api/v1/queues/{id}/suspend/": {"post"},
