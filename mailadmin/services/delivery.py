@@ -22,11 +22,11 @@ from collections import defaultdict
 from collections.abc import Sequence
 from datetime import timedelta
 
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.utils import timezone
 
-from mailadmin.models import Attempt, Message, MessageState, Recipient, RecipientState
-from mailadmin.services import reports
+from mailadmin.models import Message, MessageState, Recipient, RecipientState
+from mailadmin.services import intake, reports
 from mailadmin.services.queue import (
     delivery_minutes,
     message_recipients,
@@ -35,6 +35,7 @@ from mailadmin.services.queue import (
 )
 from mailadmin.services.sending import Job, Run, deliver
 from mailadmin.services.traffic import traffic_add_counts
+from mailadmin.storable import Unstorable, fit
 from smtpworker.spool import Envelope, MessageNotFound, Spool
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,8 @@ def messages_deliver(
     """Record the new ones among ``queue_ids`` (spooled by ``node`` for ``server_name``)
     and deliver every one that is due; returns what happened to each id: delivered,
     bounced, retry, not due (finished, held by another run, or not yet due), missing (no
-    such spool file), damaged (an unreadable one) or no server.
+    such spool file), damaged (an unreadable one), no server, badmail (it cannot be
+    recorded: moved to Badmail) or unrecorded (not even that: left in the spool).
 
     Safe to run twice, and concurrently with another run of the same ids: each message
     is delivered by the one run that claimed it."""
@@ -97,26 +99,31 @@ def _record_new(
     run: Run, server_name: str, queue_ids: list[str], results: dict[str, str]
 ) -> tuple[list[Job], list[str]]:
     """Record spooled messages the database does not know, claimed by this run; returns
-    their jobs, or, when another run recorded one of them meanwhile, no job and the ids
-    to claim the ordinary way."""
-    loaded = _load(run.spool(server_name), queue_ids, results)
+    their jobs, and the ids another run recorded meanwhile, to claim the ordinary way.
+    One that cannot be recorded goes to Badmail (:mod:`mailadmin.services.intake`)."""
+    spool = run.spool(server_name)
+    loaded = _load(spool, queue_ids, results)
     if not loaded:
         return [], []
     cfg, server_id = run.config(server_name)
-    jobs = []
+    jobs: list[Job] = []
+    refused: list[tuple[Message, bytes, str]] = []
     for envelope, data in loaded:
         message = message_record(
             envelope, data, cfg, server_id, node=run.node, lease_until=run.lease
         )
-        jobs.append(Job(message, message_recipients(message, envelope, cfg), envelope, data))
-    try:
-        with transaction.atomic():
-            Message.objects.bulk_create([job.message for job in jobs])
-            Recipient.objects.bulk_create([r for job in jobs for r in job.recipients])
-    except IntegrityError:
-        return [], [envelope.queue_id for envelope, _ in loaded]
-    run.counts[server_name]["accepted"] += len(jobs)
-    return jobs, []
+        try:
+            jobs.append(Job(message, message_recipients(message, envelope, cfg), envelope, data))
+        except Unstorable as exc:
+            refused.append((message, data, str(exc)))
+    done, raced, failed = intake.record_messages([(job.message, job.recipients) for job in jobs])
+    refused += [(jobs[index].message, jobs[index].data, reason) for index, reason in failed]
+    for message, data, reason in refused:
+        moved = intake.to_badmail(spool, message, data, reason)
+        results[message.queue_id] = "badmail" if moved else "unrecorded"
+    recorded = [jobs[index] for index in done]
+    run.counts[server_name]["accepted"] += len(recorded)
+    return recorded, raced
 
 
 def _load(
@@ -249,7 +256,7 @@ def _write_log_and_counts(run: Run) -> None:
     # that moment as their time. A run killed before this loses its log rows, never an
     # outcome: each recipient row has its own last reply, host and time.
     if run.attempts:
-        Attempt.objects.bulk_create(run.attempts)
+        intake.attempts_insert(run.attempts)
         run.attempts = []
     for server_name, counts in run.counts.items():
         traffic_add_counts(server_name, counts)
@@ -277,6 +284,6 @@ def _reschedule(message: Message, reason: str, wait: timedelta) -> None:
     Message.objects.filter(pk=message.pk).update(
         state=MessageState.RETRY,
         lease_until=None,
-        last_error=reason,
+        last_error=fit(Message, "last_error", reason),
         next_attempt_at=timezone.now() + wait,
     )

@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -34,6 +34,7 @@ from mailadmin.models import (
 )
 from mailadmin.services.traffic import traffic_add
 from mailadmin.snapshot import server_config
+from mailadmin.storable import exact, fit_row
 from smtpworker.config import ServerConfig
 from smtpworker.routing import route
 from smtpworker.spool import Envelope, MessageNotFound, Spool
@@ -96,7 +97,7 @@ def _subject(data: bytes) -> str:
     end = bare if bare >= 0 else end
     headers = data if end < 0 else data[: end + 2]
     try:
-        return str(parser.parsebytes(headers).get("Subject", ""))[:255]
+        return str(parser.parsebytes(headers).get("Subject", ""))
     except Exception:  # noqa: BLE001 - a broken header must not stop the queue
         return ""
 
@@ -111,7 +112,8 @@ def message_ingest(
     *, server_name: str, queue_id: str, node: str = "", is_report: bool = False
 ) -> Message | None:
     """Record a spooled message once, as held in ``node``'s spool, waiting for its
-    delivery run; returns it, or None if the spool has no such id."""
+    delivery run; returns it, or None if the spool has no such id or the database refuses
+    it (a delivery run of it then moves it to Badmail: mailadmin.services.intake)."""
     existing = _by_queue_id(queue_id)
     if existing is not None:
         return existing
@@ -125,8 +127,13 @@ def message_ingest(
         with transaction.atomic():
             message.save(force_insert=True)
             Recipient.objects.bulk_create(message_recipients(message, envelope, cfg))
-    except IntegrityError:  # another task recorded it first
-        return _by_queue_id(queue_id)
+    except (OperationalError, InterfaceError):
+        raise  # the database is away, not the message's fault
+    except (DatabaseError, ValueError) as exc:  # IntegrityError: recorded by another task
+        recorded = _by_queue_id(queue_id)
+        if recorded is None:
+            log.error("%s: %s cannot be recorded: %s", server_name, queue_id, exc)
+        return recorded
     if not is_report:
         traffic_add(server_name, accepted=1)
     return message
@@ -143,8 +150,9 @@ def message_record(
     lease_until: datetime | None = None,
 ) -> Message:
     """An unsaved Message for a spooled message: queued, or with ``lease_until`` already
-    claimed (active) by the delivery run that records it."""
-    return Message(
+    claimed (active) by the delivery run that records it. Every text taken from the
+    network (sender, Subject, client, user) is made storable (:mod:`mailadmin.storable`)."""
+    message = Message(
         queue_id=envelope.queue_id,
         server_id=server_id,
         server_name=envelope.server,
@@ -159,15 +167,20 @@ def message_record(
         lease_until=lease_until,
         is_report=is_report,
     )
+    return fit_row(message)
 
 
 def message_recipients(
     message: Message, envelope: Envelope, cfg: ServerConfig | None
 ) -> list[Recipient]:
     """Unsaved Recipient rows of ``message``, one per distinct address, routed by ``cfg``
-    (without a configuration: by MX, to be routed again once the server exists)."""
+    (without a configuration: by MX, to be routed again once the server exists).
+
+    Raises :class:`~mailadmin.storable.Unstorable` for an address no column stores as it
+    is: the row is where the message goes, so it is never changed to fit."""
     rows = []
     for address in dict.fromkeys(envelope.recipients):
+        exact(Recipient, "address", address)
         domain = address.rpartition("@")[2].lower()
         hop = route(cfg, domain) if cfg else None
         rows.append(
@@ -179,7 +192,7 @@ def message_recipients(
                 hop_kind=hop.kind if hop else "mx",
             )
         )
-    return rows
+    return [fit_row(row) for row in rows]
 
 
 def delivery_lease(now: datetime) -> datetime:

@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from mailadmin.models import Message, MessageState, Recipient, RecipientState
 from mailadmin.services.queue import delivery_minutes, message_ingest, server_home, spool_for
+from mailadmin.storable import fit
 from smtpworker import dsn
 from smtpworker.config import ServerConfig
 from smtpworker.spool import Envelope, SpoolError, new_queue_id
@@ -140,7 +141,10 @@ def finish(message: Message, state: str, reason: str) -> None:
     """Record the end and remove the spool files once that is committed."""
     with transaction.atomic():
         Message.objects.filter(pk=message.pk).update(
-            state=state, finished_at=timezone.now(), lease_until=None, last_error=reason[:2000]
+            state=state,
+            finished_at=timezone.now(),
+            lease_until=None,
+            last_error=fit(Message, "last_error", reason[:2000]),
         )
         message.state, message.lease_until = state, None
         server_name, queue_id = message.server_name, message.queue_id

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -23,9 +24,11 @@ from django.db import connection
 from django.utils import timezone
 
 from mailadmin.models import Attempt, Message, Recipient, RecipientState
+from mailadmin.services import intake
 from mailadmin.services.queue import current_server, delivery_lease, server_home, suspended_hops
 from mailadmin.services.secrets import secret_open
 from mailadmin.services.slots import NoSlot, outbound_slots
+from mailadmin.storable import fit, fit_row
 from smtpworker import outbound, routing
 from smtpworker.config import ServerConfig
 from smtpworker.spool import Envelope, Spool
@@ -265,9 +268,11 @@ def _record(
     outcomes: dict[str, Outcome],
 ) -> None:
     """Write the recipients' outcomes at once, one UPDATE per distinct reply (one in
-    practice): a 2xx is never sent again. The attempt log rows wait for the run's end."""
+    practice): a 2xx is never sent again. The attempt log rows wait for the run's end.
+    Reply texts and host names come from the network: they are made storable first."""
     message = job.message
     now = timezone.now()
+    outcomes = {address: _storable(outcome) for address, outcome in outcomes.items()}
     by_outcome: dict[Outcome, list[Recipient]] = defaultdict(list)
     for recipient in recipients:
         outcome = outcomes.get(recipient.address) or Outcome(451, "4.4.0 no result", "")
@@ -278,7 +283,7 @@ def _record(
             state, done_at = RecipientState.DELIVERED, now
         elif outcome.code >= 500:
             state, done_at = RecipientState.FAILED, now
-        _write_outcome([r.pk for r in group], state, done_at, outcome)
+        outcome = _write_outcome([r.pk for r in group], state, done_at, outcome)
         for recipient in group:
             recipient.state, recipient.attempts = state, recipient.attempts + 1
             recipient.last_code, recipient.last_reply = outcome.code, outcome.reply
@@ -286,16 +291,15 @@ def _record(
             if done_at is not None:
                 recipient.done_at = done_at
         addresses = [r.address for r in group]
-        run.attempts.append(
-            Attempt(
-                message=message,
-                next_hop=hop.name,
-                host=outcome.host,
-                recipients=", ".join(addresses),
-                code=outcome.code,
-                reply=outcome.reply[:2000],
-            )
+        attempt = Attempt(
+            message=message,
+            next_hop=hop.name,
+            host=outcome.host,
+            recipients=", ".join(addresses),
+            code=outcome.code,
+            reply=outcome.reply[:2000],
         )
+        run.attempts.append(fit_row(attempt))
         log.info(
             "%s: %s via %s: %s %s",
             message.queue_id,
@@ -317,7 +321,41 @@ def _record(
         message.last_error = failing[0].reply[:2000]  # written when the run concludes
 
 
+_ENHANCED = re.compile(r"[245]\.\d{1,3}\.\d{1,3}")
+
+
+def _storable(outcome: Outcome) -> Outcome:
+    reply = fit(Recipient, "last_reply", outcome.reply)
+    host = fit(Recipient, "last_host", outcome.host)
+    if (reply, host) == (outcome.reply, outcome.host):
+        return outcome
+    return Outcome(outcome.code, reply, host)
+
+
 def _write_outcome(
+    recipient_ids: list[int], state: str, done_at: datetime | None, outcome: Outcome
+) -> Outcome:
+    """Write the outcome (:func:`_update_outcome`); returns it as written. Should the
+    database refuse its text all the same, the outcome is written with a plain one, so the
+    message goes on through its retries or its end like any other, never held."""
+    try:
+        _update_outcome(recipient_ids, state, done_at, outcome)
+    except intake.TRANSIENT:
+        raise
+    except intake.REFUSED as exc:
+        log.error(
+            "outcome of recipient(s) %s not recorded as is: %s", recipient_ids, intake.describe(exc)
+        )
+        # The enhanced status code stays first: delivery reports are built from it.
+        enhanced = outcome.reply.split(" ", 1)[0]
+        enhanced = enhanced if _ENHANCED.fullmatch(enhanced) else ""
+        text = f"{enhanced} (the reply could not be recorded: {intake.describe(exc)})"
+        outcome = _storable(Outcome(outcome.code, text.strip(), ""))
+        _update_outcome(recipient_ids, state, done_at, outcome)
+    return outcome
+
+
+def _update_outcome(
     recipient_ids: list[int], state: str, done_at: datetime | None, outcome: Outcome
 ) -> None:
     """``UPDATE recipient SET state, done_at, attempts + 1, last reply WHERE id IN ...``,
