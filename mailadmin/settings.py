@@ -17,6 +17,8 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from smtpworker import safefile
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -71,6 +73,8 @@ MAILADMIN_DATA_DIR = Path(envstr("MAILADMIN_DATA_DIR", str(BASE_DIR / "var"))).r
 MAILADMIN_MAILROOT = Path(
     envstr("MAILADMIN_MAILROOT", str(MAILADMIN_DATA_DIR / "mailroot"))
 ).resolve()
+# 0700: it holds the database, mail, generated secrets and the workers' cached configuration.
+safefile.private_directory(MAILADMIN_DATA_DIR)
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -132,7 +136,12 @@ DATABASES = {
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The embedded default must work on a fresh clone, where var/ does not exist yet.
-    Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+    # Owner only: the database holds password hashes and sealed secrets (SQLite gives its
+    # -wal and -shm files the database file's mode).
+    # Links an administrator made above the file are theirs to make (hence resolve()).
+    if str(DATABASES["default"]["NAME"]) not in ("", ":memory:"):
+        _sqlite = Path(DATABASES["default"]["NAME"])
+        safefile.private_file(safefile.private_directory(_sqlite.parent.resolve()) / _sqlite.name)
     # WAL lets the web process, Celery and beat read while one of them writes.
     DATABASES["default"].setdefault("OPTIONS", {})["init_command"] = (
         "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"

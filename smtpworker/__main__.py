@@ -47,7 +47,6 @@ import contextlib
 import ctypes
 import logging
 import os
-import shutil
 import signal
 import socket
 import sys
@@ -58,6 +57,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from smtpworker import safefile
 from smtpworker.auth import mock_key_for
 from smtpworker.authbrake import AuthBrake
 from smtpworker.authpool import VerifyPool
@@ -77,6 +77,8 @@ log = logging.getLogger("smtpworker")
 # Supervisor: a child that lived less than this is "dying young" and restarts back off.
 YOUNG_SECONDS = 10.0
 RESTART_DELAY = 1.0
+# A last good configuration file larger than this is not copied to seed a child's own.
+SEED_LIMIT = 256 << 20
 RESTART_DELAY_MAX = 30.0
 # A child that dies young this many times in a row is broken, not unlucky: stop the node
 # and exit non-zero, so that what runs us (compose, systemd) sees the failure.
@@ -205,10 +207,11 @@ def cache_file(args: argparse.Namespace, member: Member | None) -> Path:
         return shared
     own = data_dir / f"smtpworker-{member.name}.json"
     if not own.exists() and shared.exists():
-        try:
-            tmp = own.with_suffix(".seed")
-            shutil.copyfile(shared, tmp)
-            os.replace(tmp, own)
+        try:  # 0600 and never through a link: the file holds password verifiers
+            with safefile.directory(data_dir) as dir_fd:
+                seed = safefile.read_regular(dir_fd, shared.name, limit=SEED_LIMIT)
+                if seed is not None:
+                    safefile.write_replace(dir_fd, own.name, seed, mode=0o600)
         except OSError as exc:
             log.warning("cannot seed %s from %s: %s", own, shared, exc)
     return own

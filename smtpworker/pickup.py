@@ -54,7 +54,7 @@ import secrets
 import socket
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from email.headerregistry import AddressHeader, BaseHeader
@@ -62,6 +62,7 @@ from email.parser import BytesHeaderParser
 from email.utils import format_datetime
 from pathlib import Path
 
+from smtpworker import safefile
 from smtpworker.data import MAX_LINE, count_received
 from smtpworker.grammar import GrammarError, parse_forward_path, parse_reverse_path
 from smtpworker.spool import Envelope, MessageNotFound, Spool, SpoolError, new_queue_id
@@ -93,6 +94,7 @@ _OPEN_FLAGS = (
     | getattr(os, "O_CLOEXEC", 0)
 )
 _DIRECTORY = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
+_BAD_NAME_ATTEMPTS = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +222,8 @@ def _scan(pickup: Path, now: float, min_age: float) -> tuple[list[Path], list[_C
     """New files to claim, oldest first, and stale claims to finish."""
     fresh: list[tuple[float, str]] = []
     stale: list[_Claim] = []
+    # A Pickup/ swapped for a link would mail out (and delete) another directory's files.
+    os.close(safefile.open_directory(pickup, create=False))
     with os.scandir(pickup) as entries:
         for entry in entries:
             name = entry.name
@@ -257,7 +261,7 @@ def _claim(path: Path, now: float) -> _Claim | None:
         return None
     try:
         # rename() keeps the old mtime, which would make the claim look stale at once.
-        os.utime(claimed, (now, now))
+        os.utime(claimed, (now, now), follow_symlinks=False)
     except FileNotFoundError:
         return None  # taken as stale by another worker and already finished
     except OSError as exc:
@@ -518,52 +522,59 @@ def _to_badmail(claim: _Claim, badmail: Path, bad: _Malformed, *, server: str) -
 
     The .BAD is made by hard link first, so the file is never absent from both places;
     then the .BDR/.BDP are written and only then is the claim unlinked. A rerun after a
-    crash recognises its own earlier .BAD by inode and finishes the move.
+    crash recognises its own earlier .BAD by inode and finishes the move. Badmail/ is
+    opened without following a link, and nothing in it is written through one.
     """
-    badmail.mkdir(parents=True, exist_ok=True)
-    stem = claim.name[:-4]
-    for base in (stem, f"{stem}-{claim.queue_id}"):
-        target = badmail / f"{base}.BAD"
-        try:
-            os.link(claim.path, target)
-        except FileNotFoundError:
-            return None  # another worker finished this claim
-        except FileExistsError:
-            try:
-                if not os.path.samefile(claim.path, target):
-                    continue  # an older file of the same name: take the unique name
-            except FileNotFoundError:
-                return None
-        break
-    else:  # pragma: no cover - the unique name embeds this claim's own queue id
-        raise OSError(errno.EEXIST, "no free name in Badmail", str(badmail))
-    _write_atomically(badmail / f"{base}.BDR", (bad.reason + "\n").encode())
-    if bad.sender is not None or bad.recipients:
-        doc = {
-            "server": server,
-            "file": claim.name,
-            "sender": bad.sender,
-            "recipients": list(bad.recipients),
-        }
-        _write_atomically(badmail / f"{base}.BDP", (json.dumps(doc) + "\n").encode())
-    _fsync_dir(badmail)
+    with safefile.directory(badmail) as dir_fd:
+        base = _link_bad(claim, dir_fd)
+        if base is None:
+            return None
+        reason = (bad.reason + "\n").encode()
+        safefile.write_replace(dir_fd, f"{base}.BDR", reason)
+        if bad.sender is not None or bad.recipients:
+            doc = {
+                "server": server,
+                "file": claim.name,
+                "sender": bad.sender,
+                "recipients": list(bad.recipients),
+            }
+            safefile.write_replace(dir_fd, f"{base}.BDP", (json.dumps(doc) + "\n").encode())
+        os.fsync(dir_fd)
     _unlink(claim.path)
     return base
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    # A dotfile, so nothing reading Badmail takes a half-written reason for a real one;
-    # random, so two workers finishing the same claim do not write into one file.
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    try:
-        with open(tmp, "xb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+def _link_bad(claim: _Claim, dir_fd: int) -> str | None:
+    """Hard-link the claim into Badmail as ``<base>.BAD``; the base, None if it was gone.
+
+    ``<stem>``, else ``<stem>-<queue id>``, else (someone planted that name: the queue id
+    shows in Pickup/) with random bits added. An existing name is never replaced.
+    """
+    for base in _bad_names(claim):
+        try:
+            # follow_symlinks=False: a claim swapped for a link moves as the link itself,
+            # never as a new name for the file it points at.
+            os.link(claim.path, f"{base}.BAD", dst_dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None  # another worker finished this claim
+        except FileExistsError:
+            try:
+                mine = os.stat(claim.path, follow_symlinks=False)
+                there = os.stat(f"{base}.BAD", dir_fd=dir_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                return None
+            if (mine.st_dev, mine.st_ino) != (there.st_dev, there.st_ino):
+                continue  # an older file of the same name: take the next name
+        return base
+    raise OSError(errno.EEXIST, "no free name in Badmail", claim.name)
+
+
+def _bad_names(claim: _Claim) -> Iterator[str]:
+    stem = claim.name[:-4]
+    yield stem
+    yield f"{stem}-{claim.queue_id}"
+    for _ in range(_BAD_NAME_ATTEMPTS):
+        yield f"{stem}-{claim.queue_id}-{secrets.token_hex(4)}"
 
 
 def _unlink(path: Path) -> None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from smtpworker import tlsinfo
+from smtpworker import safefile, tlsinfo
 from smtpworker.auth import Accounts
 from smtpworker.authbrake import AuthBrake
 from smtpworker.authpool import VerifyPool
@@ -187,7 +187,7 @@ class Node:
     def _context(self, site: SiteConfig, server: ServerConfig) -> ServerContext:
         home = self.home(server)
         for sub in MAIL_DIRECTORIES:
-            (home / sub).mkdir(parents=True, exist_ok=True)
+            _make_mail_directory(home / sub)
         opts = self.options
         return ServerContext(
             cfg=server,
@@ -313,3 +313,12 @@ class Node:
             "servers": servers,
             "sessions": [s.as_dict() for s in self.sessions],
         }
+
+
+def _make_mail_directory(path: Path) -> None:
+    """Create a mail directory 0700 (and its missing parents). One that is a link is
+    reported, not fatal: the spool, Pickup/, Drop/ and Badmail/ writers refuse it."""
+    try:
+        os.close(safefile.open_directory(path))
+    except safefile.UnsafePath as exc:
+        log.error("mail directory %s", exc)

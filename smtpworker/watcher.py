@@ -14,13 +14,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from smtpworker import safefile
 from smtpworker.config import ConfigFormatError, SiteConfig, load_site
 from smtpworker.runtime import Node
 
@@ -158,10 +158,9 @@ class Follower:
 
     def _write_cache(self, body: bytes) -> None:
         # Atomic replace: a crash mid-write must not leave a corrupt last-known-good file.
+        # 0600, never through a link: it holds the users' password verifiers.
         try:
-            self.cache_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.cache_file.with_suffix(".tmp")
-            tmp.write_bytes(body)
-            os.replace(tmp, self.cache_file)
+            with safefile.directory(self.cache_file.parent) as dir_fd:
+                safefile.write_replace(dir_fd, self.cache_file.name, body, mode=0o600)
         except OSError as exc:
             log.warning("cannot keep last good config in %s: %s", self.cache_file, exc)

@@ -19,7 +19,7 @@ from django.utils import timezone
 from mailadmin.models import Message, MessageState, Recipient, RecipientState
 from mailadmin.services.queue import delivery_minutes, message_ingest, server_home, spool_for
 from mailadmin.storable import fit
-from smtpworker import dsn
+from smtpworker import dsn, safefile
 from smtpworker.config import ServerConfig
 from smtpworker.spool import Envelope, SpoolError, new_queue_id
 
@@ -253,11 +253,12 @@ def inject(
 
 
 def badmail(message: Message, data: bytes, reason: str) -> None:
-    """IIS's Badmail: the message as .BAD and why as .BDR."""
-    directory = server_home(message.server_name) / "Badmail"
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / f"{message.queue_id}.BAD").write_bytes(data)
-    (directory / f"{message.queue_id}.BDR").write_text(reason.replace("\n", " ") + "\n")
+    """IIS's Badmail: the message as .BAD and why as .BDR (``<queue id>.BAD``, or with
+    random bits added if that name is taken), never through a link or over another file."""
+    with safefile.directory(server_home(message.server_name) / "Badmail") as dir_fd:
+        bad = safefile.write_unique(dir_fd, message.queue_id, ".BAD", data, reuse_identical=True)
+        why = (reason.replace("\n", " ") + "\n").encode()
+        safefile.write_replace(dir_fd, bad[: -len(".BAD")] + ".BDR", why)
     log.warning("%s: %s moved to Badmail: %s", message.server_name, message.queue_id, reason)
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ from mailadmin.services.queue import current_server, delivery_lease, server_home
 from mailadmin.services.secrets import secret_open
 from mailadmin.services.slots import NoSlot, outbound_slots
 from mailadmin.storable import fit, fit_row
-from smtpworker import outbound, routing
+from smtpworker import outbound, routing, safefile
 from smtpworker.config import ServerConfig
 from smtpworker.spool import Envelope, Spool
 
@@ -392,29 +391,31 @@ def _drop_all(run: Run, cfg: ServerConfig, hop: routing.Hop, items: list[Item]) 
         if run.lease_running_out():
             job.busy = True
             continue
-        drop = run.home(job.message.server_name) / "Drop"
-        drop.mkdir(parents=True, exist_ok=True)
         lines = [f"x-sender: {job.envelope.sender}"]
         lines += [f"x-receiver: {r.address}" for r in recipients]
         content = ("\r\n".join(lines) + "\r\n").encode() + job.data
-        _write_durably(drop / f"{job.message.queue_id}.eml", content)
-        written = Outcome(250, "2.0.0 Written to the Drop directory", "Drop")
+        try:
+            name = _write_drop(run.home(job.message.server_name) / "Drop", job, content)
+        except OSError as exc:
+            # A Drop/ that is a link (or full, or unwritable) is the operator's to fix: the
+            # message waits in the queue with the reason, as for an unreachable host.
+            reason = exc.strerror or str(exc)
+            written = Outcome(451, f"4.3.0 Cannot write to the Drop directory: {reason}", "Drop")
+        else:
+            written = Outcome(250, f"2.0.0 Written to the Drop directory as {name}", "Drop")
         local = routing.Hop("local", recipients[0].domain, cfg.delivery.outbound.security, False, 0)
         _record(run, job, local, recipients, _all(recipients, written))
 
 
-def _write_durably(path: Path, content: bytes) -> None:
-    # A replayed run (crash after the write, before the record) overwrites the same name.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-    try:
-        os.write(fd, content)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+def _write_drop(drop: Path, job: Job, content: bytes) -> str:
+    """Write ``content`` to ``drop`` as ``<queue id>.eml`` and return the name used.
+
+    Never through a link, never over an existing file (someone who may write to Drop/ can
+    plant a link under a queue id it was told in a 250 reply): a taken name gets random
+    bits. A replayed run (a crash after the write, before the record) finds its own file
+    with the same content and writes nothing. 0640: Drop/ is read by a local mail store.
+    """
+    with safefile.directory(drop) as dir_fd:
+        return safefile.write_unique(
+            dir_fd, job.message.queue_id, ".eml", content, mode=0o640, reuse_identical=True
+        )

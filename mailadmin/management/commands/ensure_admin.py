@@ -26,6 +26,8 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
+from smtpworker import safefile
+
 PASSWORD_FILE_NAME = "admin-password.txt"
 RESET_HINT = "reset it with `python manage.py changepassword {username}`"
 
@@ -100,13 +102,7 @@ def existing_account(user: AbstractBaseUser, username: str, password_file: Path)
 
 def write_secret(path: Path, secret: str) -> None:
     """Write ``secret`` to ``path`` readable by its owner only, replacing it atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.unlink(missing_ok=True)
-    # Created 0600 from the start, so the secret is never readable by others, not even briefly.
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(secret + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    # Created 0600 from the start, so the secret is never readable by others, not even
+    # briefly; under a random temporary name and renamed over, so never through a link.
+    with safefile.directory(path.parent) as dir_fd:
+        safefile.write_replace(dir_fd, path.name, (secret + "\n").encode(), mode=0o600)
