@@ -87,11 +87,23 @@ _FIELD = re.compile(rb"[!-9;-~]+[ \t]*:")
 _LINE = re.compile(rb"([^\r\n]*)(?:\r\n|\r|\n|$)")
 _EOL = re.compile(rb"\r\n|\r|\n")
 _NOT_7BIT = re.compile(rb"[^\x01-\x7f]")
-_LONG_LINE = re.compile(rb"[^\r\n]{999}")  # over RFC 5322's 998 octets
+_MAX_LINE = 998  # octets without CRLF, RFC 5322 section 2.1.1
+
+# How much of the original a report quotes and reads: its header section up to this many
+# octets, and the whole original only when it fits too. Postfix returns at most
+# bounce_size_limit (50,000 bytes) of the original and keeps at most header_size_limit
+# (102,400 bytes) of one header; 64 KiB lies between: room for any real header section (a
+# long Received chain with DKIM and ARC signatures is 10-20 KB), while a message with a
+# 2 MB header block neither makes a 2 MB report nor costs more than this much parsing.
+QUOTE_LIMIT = 64 * 1024
+# The original Subject as shown in the report's Subject and text, in characters.
+_SUBJECT_LIMIT = 256
 
 _WIDTH = 78  # the preferred line length of headers and text (RFC 5322 section 2.1.1)
 _TEXT_WIDTH = 76
 _MAX_ADDRESS = 254  # octets, RFC 5321 section 4.5.3.1.3 less the "<>"
+# A DNS name is at most 255 octets; written with \DDD escapes, up to about four times that.
+_MAX_MTA_TEXT = 1024
 _CRLF = "\r\n"
 
 # refold_source="all": the default policy passes short values through unencoded.
@@ -108,7 +120,10 @@ class RecipientStatus:
     Final-Recipient); ``status`` an RFC 3463 enhanced code, whose class must suit the
     action: ``2`` for delivered / relayed / expanded, ``4`` for delayed, ``4`` or ``5``
     for failed (an expired message fails with e.g. ``4.4.7``). ``remote_mta`` is the host
-    that answered (a name or ``[address]``), ``diagnostic`` its reply text such as
+    that answered (a name or ``[address]``) as DNS gave it, so any text: it is kept as
+    printable ASCII, every other octet of its UTF-8 form written ``\\DDD`` as in a DNS
+    zone file (``mx/1.example`` and ``*.example`` stay as they are), at most 1,024
+    characters; empty is None. ``diagnostic`` is its reply text such as
     ``"550 5.1.1 User unknown"``: a value starting with a reply code is reported as type
     ``smtp``, anything else (``"Connection refused"``) as ``X-Mailadmin``. Multi-line
     replies are joined with spaces. Datetimes must be timezone-aware;
@@ -116,7 +131,7 @@ class RecipientStatus:
 
     Construction raises ValueError for an empty recipient, one with control characters, an
     unknown action, a malformed status or one of the wrong class, a ``remote_mta`` that is
-    neither an ASCII host name nor an ``[address]`` literal, or a naive datetime.
+    not text, or a naive datetime.
     """
 
     recipient: str
@@ -136,7 +151,9 @@ class RecipientStatus:
         if self.status[0] not in _ACTION_CLASSES[self.action]:
             raise ValueError(f"status {self.status} does not fit action {self.action!r}")
         if self.remote_mta is not None:
-            _check_name(self.remote_mta, "remote_mta")
+            # DNS data, which a remote zone chooses: a name that is no host name must still
+            # make a report (else the message would be retried for ever, never bounced).
+            object.__setattr__(self, "remote_mta", _mta_text(self.remote_mta) or None)
         _check_aware(self.last_attempt, "last_attempt")
         _check_aware(self.will_retry_until, "will_retry_until")
 
@@ -171,7 +188,7 @@ def should_notify(envelope_sender: str, original: bytes) -> bool:
     """
     if envelope_sender.strip() in ("", "<>"):
         return False
-    fields = _fields(_header_lines(original))
+    fields = _fields(_header_lines(original)[0])
     for name, value in fields:
         if name == b"auto-submitted":
             keyword = value.split(b";", 1)[0].split(b"(", 1)[0].strip().lower()
@@ -258,7 +275,7 @@ def build_report(
     if kind == "delay" and ("delayed" not in actions or "failed" in actions):
         raise ValueError("a delay report needs delayed recipients and no failed ones")
 
-    header_lines = _header_lines(original)
+    header_lines, cut = _header_lines(original)
     fields = _fields(header_lines)
     subject = _original_subject(fields)
 
@@ -270,6 +287,7 @@ def build_report(
         subject=subject,
         arrival=arrival,
         whole=whole,
+        cut=cut,
     )
     status_part = _status_part(reporting_mta, arrival, recipients)
     parts = (text_part, status_part, original_part)
@@ -317,6 +335,7 @@ def _text_part(
     subject: str,
     arrival: datetime,
     whole: bool,
+    cut: bool,
 ) -> bytes:
     failed = [r for r in recipients if r.action == "failed"]
     delayed = [r for r in recipients if r.action == "delayed"]
@@ -350,6 +369,8 @@ def _text_part(
             admin.append(f"Will retry until: {_date(r.will_retry_until)}")
         paragraphs.append(admin)
     what = "The original message is" if whole else "The headers of the original message are"
+    if cut and not whole:
+        what = f"The first {QUOTE_LIMIT} octets of the original message's headers are"
     paragraphs.append(f"{what} attached.")
     lines: list[str] = []
     for paragraph in paragraphs:
@@ -399,7 +420,7 @@ def _status_part(
             f"Status: {r.status}",
         ]
         if r.remote_mta is not None:
-            block.append(f"Remote-MTA: dns;{r.remote_mta}")
+            block.append(_fold("Remote-MTA", f"dns;{r.remote_mta}"))
         if r.diagnostic is not None and r.diagnostic.strip():
             text = _ascii(_WHITESPACE.sub(" ", r.diagnostic).strip())
             kind = "smtp" if _SMTP_REPLY.match(text) else "X-Mailadmin"
@@ -417,15 +438,15 @@ def _original_part(
     original: bytes, header_lines: list[bytes], headers_only: bool
 ) -> tuple[bytes, bool]:
     """The third part, and whether it holds the whole original (else its headers)."""
-    if not headers_only:
+    if not headers_only and len(original) <= QUOTE_LIMIT:
         whole = _EOL.sub(b"\r\n", original)
         if whole and not whole.endswith(b"\r\n"):
             whole += b"\r\n"
-        if b"\x00" not in whole and not _LONG_LINE.search(whole):
+        if b"\x00" not in whole and not _has_long_line(whole):
             cte = "8bit" if _NOT_7BIT.search(whole) else "7bit"
             return _part("message/rfc822", cte, whole, "Undelivered message"), True
     section = b"".join(line + b"\r\n" for line in header_lines)
-    if not _NOT_7BIT.search(section) and not _LONG_LINE.search(section):
+    if not _NOT_7BIT.search(section) and not _has_long_line(section):
         return _part("text/rfc822-headers", "7bit", section, "Undelivered message headers"), False
     try:
         section.decode("utf-8")
@@ -436,6 +457,13 @@ def _original_part(
     return _part(
         content_type, "quoted-printable", _qp(section), "Undelivered message headers"
     ), False
+
+
+def _has_long_line(data: bytes) -> bool:
+    """Whether a line of ``data`` is over 998 octets. Linear: a regular expression search
+    for 999 non-EOL octets restarts at every octet and costs up to 998 steps there, which
+    made a report on 2 MB of 998-octet lines take seconds."""
+    return any(len(line) > _MAX_LINE for line in data.splitlines())
 
 
 def _part(content_type: str, cte: str, body: bytes, description: str) -> bytes:
@@ -464,40 +492,55 @@ def _boundary(parts: Iterable[bytes]) -> str:
 # -- the original message ------------------------------------------------------------------
 
 
-def _header_lines(original: bytes) -> list[bytes]:
-    """The lines of the original's header section, without line endings.
+def _header_lines(original: bytes) -> tuple[list[bytes], bool]:
+    """The lines of the original's header section, without line endings, and whether the
+    section was cut short to fit :data:`QUOTE_LIMIT`.
 
     The section ends at the first empty line, or at the first line that is neither a
     header field nor the continuation of one (a message without the empty line), so no
-    body text is ever taken for a header.
+    body text is ever taken for a header. Only the first QUOTE_LIMIT octets are read, and
+    the lines kept take at most QUOTE_LIMIT octets with CRLF line ends; a field that does
+    not fit is left out whole, with its continuation lines, and so is everything after it.
     """
+    head = original[:QUOTE_LIMIT]
     lines: list[bytes] = []
-    for match in _LINE.finditer(original):
+    field_start = 0  # index in lines of the current field's first line
+    size = 0
+    for match in _LINE.finditer(head):
         line = match.group(1)
         if not line:
-            break
-        if line[:1] in (b" ", b"\t"):
+            return lines, False
+        folded = line[:1] in (b" ", b"\t")
+        size += len(line) + 2
+        runs_past = match.end() >= len(head) and len(original) > len(head)
+        if size > QUOTE_LIMIT or runs_past:
+            # This line may not be whole (or does not fit): nor may its field be.
+            return lines[: field_start if folded else len(lines)], True
+        if folded:
             if not lines:
                 break
         elif not _FIELD.match(line):
             break
+        else:
+            field_start = len(lines)
         lines.append(line)
-        if match.end() >= len(original):
+        if match.end() >= len(head):
             break
-    return lines
+    return lines, False
 
 
 def _fields(lines: list[bytes]) -> list[tuple[bytes, bytes]]:
     """(lower-case name, unfolded value) for each header field, in order."""
-    fields: list[tuple[bytes, bytes]] = []
+    # Continuation lines are collected and joined once: adding each to the value so far
+    # would copy the value again for every line (quadratic in a field's length).
+    parts: list[tuple[bytes, list[bytes]]] = []
     for line in lines:
-        if line[:1] in (b" ", b"\t") and fields:
-            name, value = fields[-1]
-            fields[-1] = (name, value + line)
+        if line[:1] in (b" ", b"\t") and parts:
+            parts[-1][1].append(line)
         else:
             name, _, value = line.partition(b":")
-            fields.append((name.strip().lower(), value.strip()))
-    return fields
+            parts.append((name.strip().lower(), [value.strip()]))
+    return [(name, b"".join(values)) for name, values in parts]
 
 
 def _first(fields: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
@@ -515,7 +558,9 @@ def _original_subject(fields: list[tuple[bytes, bytes]]) -> str:
     if raw is None:
         return ""
     text = _decode_words(raw.decode("utf-8", "replace"))
-    return _WHITESPACE.sub(" ", _CONTROL.sub(" ", text)).strip()
+    text = _WHITESPACE.sub(" ", _CONTROL.sub(" ", text)).strip()
+    # A subject of thousands of words would make a report header of as many lines.
+    return text if len(text) <= _SUBJECT_LIMIT else text[: _SUBJECT_LIMIT - 3].rstrip() + "..."
 
 
 def _decode_words(text: str) -> str:
@@ -637,6 +682,14 @@ def _check_address(address: str, what: str) -> None:
         raise ValueError(f"{what} {address!r} is not valid Unicode") from None
     if octets > _MAX_ADDRESS:
         raise ValueError(f"{what} is longer than {_MAX_ADDRESS} octets")
+
+
+def _mta_text(name: str) -> str:
+    if not isinstance(name, str):
+        raise ValueError(f"remote_mta {name!r} is not text")
+    octets = name.strip().encode("utf-8", "surrogatepass")
+    text = "".join(chr(b) if 0x21 <= b <= 0x7E else f"\\{b:03d}" for b in octets)
+    return text[:_MAX_MTA_TEXT]
 
 
 def _check_name(name: str, what: str) -> None:

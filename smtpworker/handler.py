@@ -13,6 +13,7 @@ import asyncio
 import base64
 import binascii
 import logging
+import re
 import socket
 import ssl
 import time
@@ -47,6 +48,9 @@ READ_CHUNK = 256 * 1024
 # per this many bytes received.
 MIN_DATA_RATE = 500
 IDENT = "ESMTP mailadmin"
+# RFC 5321 4.1.2 esmtp-keyword; RFC 1870 size-value (1*20DIGIT; 19 fit in an int64).
+_ESMTP_KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*")
+_SIZE_VALUE = re.compile(r"[0-9]{1,19}")
 AUTH_BLOCKED = "454 4.7.0 Too many failed authentication attempts, try again later"
 AUTH_BUSY = "454 4.7.0 Too many authentication attempts in progress, try again later"
 
@@ -613,12 +617,23 @@ class SmtpSession(SMTP):
         smtputf8 = body_8bit = False
         for param in params:
             key, eq, value = param.partition("=")
+            # ASCII only, before any upper(): str.isdigit() takes "²" (which int() then
+            # refuses) and "ſize".upper() is "SIZE". Bad values get 501, as Postfix answers.
+            if not _ESMTP_KEYWORD.fullmatch(key):
+                return "501 5.5.4 Syntax error in MAIL parameters"
             key = key.upper()
-            if key == "SIZE" and eq and value.isdigit() and len(value) < 20:
+            if key == "SIZE":
+                if not (eq and _SIZE_VALUE.fullmatch(value)):
+                    return "501 5.5.4 Bad SIZE parameter syntax"
                 size = int(value)
-            elif key == "BODY" and value.upper() in ("7BIT", "8BITMIME"):
-                body_8bit = value.upper() == "8BITMIME"
-            elif key == "SMTPUTF8" and not eq:
+            elif key == "BODY":
+                body = value.upper() if value.isascii() else ""
+                if body not in ("7BIT", "8BITMIME"):
+                    return "501 5.5.4 Bad BODY parameter value"
+                body_8bit = body == "8BITMIME"
+            elif key == "SMTPUTF8":
+                if eq:
+                    return "501 5.5.4 SMTPUTF8 takes no value"
                 smtputf8 = True
             elif key == "AUTH" and eq:
                 pass  # RFC 4954 5: the submitter's identity; we record our own

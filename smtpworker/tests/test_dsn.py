@@ -499,13 +499,37 @@ def test_bad_arguments_raise(changes: dict[str, object]) -> None:
         {"action": "bounced"},
         {"recipient": ""},
         {"recipient": "bob@example.test\r\nBcc: x"},
-        {"remote_mta": "mx example"},
+        {"remote_mta": 42},
         {"last_attempt": NOW.replace(tzinfo=None)},
     ],
 )
 def test_bad_recipient_status_raises(changes: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         failed(**changes)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [
+        ("mx.example.test", "mx.example.test"),
+        ("[192.0.2.1]", "[192.0.2.1]"),
+        ("mx/1.example", "mx/1.example"),
+        ("*.example", "*.example"),
+        ("mx example", "mx\\032example"),
+        ("mx\r\nBcc: x", "mx\\013\\010Bcc:\\032x"),
+        ("m\u00fcx.example", "m\\195\\188x.example"),
+        ("\\255.example", "\\255.example"),  # dnspython's own escape is kept
+        ("  ", None),
+        ("x" * 2000, "x" * 1024),
+    ],
+)
+def test_any_remote_mta_text_is_kept_printable(given: str, kept: str | None) -> None:
+    # A remote MTA's name comes from DNS: whatever it is, the report must be built.
+    status = failed(remote_mta=given)
+    assert status.remote_mta == kept
+    msg = parse(build(recipients=[status]))
+    [block] = status_blocks(msg)[1:]
+    assert (block["Remote-MTA"] or "").replace(" ", "") == ("" if kept is None else f"dns;{kept}")
 
 
 def test_delayed_needs_a_4xx_status_and_delivered_a_2xx() -> None:
