@@ -34,6 +34,15 @@ def _refuse_unsafe_start(**kwargs: Any) -> None:
         raise SystemExit(f"celery: {exc}") from None
 
 
+@beat_init.connect
+def _publish_config_at_start(**kwargs: Any) -> None:
+    """Beat starts by making Redis hold this database's configuration (then republishes it
+    on its schedule): another database's or a forged body must not wait for a change."""
+    from mailadmin.services.config import config_republish_at_start
+
+    config_republish_at_start()
+
+
 @celeryd_after_setup.connect
 def _consume_node_queue(sender: str, instance: Any, **kwargs: Any) -> None:
     """Make every worker also consume the delivery queue of its node (MAILADMIN_NODE).

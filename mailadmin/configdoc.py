@@ -23,7 +23,7 @@ from mailadmin.api.serializers import DomainFields, ServerFields, model_field
 from mailadmin.exceptions import ConfigError, FieldError, flatten_drf_errors
 from mailadmin.layout import DOMAIN_LAYOUT, SECRET_FIELDS, SERVER_LAYOUT, Layout, walk
 from mailadmin.models import Domain, SmtpUser, VirtualServer
-from mailadmin.services.config import config_transaction, current_version
+from mailadmin.services.config import check_version, config_transaction, current_version
 from mailadmin.services.domains import domain_apply
 from mailadmin.services.servers import (
     DEFAULT_BINDING,
@@ -104,8 +104,15 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def document_import(raw: Any, *, author: str) -> ImportResult:
-    """Replace the whole configuration with ``raw``; raise ConfigError listing every error."""
+def document_import(
+    raw: Any, *, author: str, if_match: tuple[int, ...] | None = None
+) -> ImportResult:
+    """Replace the whole configuration with ``raw``; raise ConfigError listing every error.
+
+    ``if_match``: the versions the edit was based on (HTTP If-Match); if another is in
+    force, raise VersionConflict and change nothing (checked again under the lock).
+    """
+    check_version(if_match)
     if not isinstance(raw, dict):
         raise ConfigError.at((), "The document must be an object with servers and users.")
     serializer = DocumentSerializer(data=raw)
@@ -117,6 +124,7 @@ def document_import(raw: Any, *, author: str) -> ImportResult:
         doc, errors = _valid_parts(raw), list(flatten_drf_errors(serializer.errors))
     before = current_version()
     with config_transaction(author=author, reason="import configuration document"):
+        check_version(if_match)
         errors.extend(_document_errors(doc))
         if not any(e.path[:1] == ("servers",) and "name" in e.path for e in errors):
             errors.extend(_apply_document(doc))

@@ -7,11 +7,19 @@ change by at most that long and never loses it. A new body is validated in full
 (:func:`smtpworker.config.load_site`) before the node applies it; a bad one is refused,
 reported, and the old configuration stays. The last good body is kept in a file so a node
 restarted while Redis is down comes back with the configuration it had.
+
+A body is trusted only with a valid signature (:mod:`smtpworker.configmac`), in Redis and
+in the last good file alike: one written by someone without the encryption key is refused
+and reported as ``config_error`` while the node keeps what it runs. A signed body is
+applied when its site identity or runtime digest differs from what the node runs, whatever
+its version number (another database's "version 1", a restored older backup); a new
+version with the same site and digest (a description changed) only updates the version.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -20,7 +28,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from smtpworker import safefile
+from smtpworker import configmac, safefile
 from smtpworker.config import ConfigFormatError, SiteConfig, load_site
 from smtpworker.runtime import Node
 
@@ -41,15 +49,19 @@ class Follower:
         redis_url: str,
         cache_file: Path,
         *,
+        mac_key: bytes,
         poll_interval: float = 1.0,
         status_interval: float = 2.0,
     ) -> None:
         self.node = node
         self.redis = aioredis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
         self.cache_file = cache_file
+        self.mac_key = mac_key
         self.poll_interval = poll_interval
         self.status_interval = status_interval
         self.config_error = ""
+        self._running_wire = b""
+        self._refused_wire = b""
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
 
@@ -82,24 +94,31 @@ class Follower:
                 return False
             return await self._consider(body if isinstance(body, bytes) else body.encode())
 
-    async def _consider(self, body: bytes) -> bool:
+    async def _consider(self, wire: bytes) -> bool:
+        current = self.node.site
+        if wire == self._running_wire and current is not None:
+            self.config_error = ""  # a refused body, if any, has been replaced by ours
+            return True  # the poll's usual case: nothing new, nothing to parse or check
+        if wire == self._refused_wire:
+            return False  # refused and reported already; keep polling for a good one
         try:
-            version = json.loads(body).get("version")
-        except (ValueError, AttributeError):
-            version = None
-        current = self.node.site.version if self.node.site else None
-        if version is not None and version == current:
-            return True
-        try:
+            body = configmac.verify(self.mac_key, wire)
             site = load_site(body)
         except ConfigFormatError as exc:
-            self.config_error = f"configuration v{version} refused: {exc}"
-            log.error("%s; keeping v%s", self.config_error, current)
+            self._refused_wire = wire
+            self.config_error = f"configuration refused: {exc}"
+            log.error("%s; keeping v%s", self.config_error, current.version if current else 0)
             return False
-        await self.node.apply(site)
+        if current is not None and (site.site, site.digest) == (current.site, current.digest):
+            if site.version != current.version:  # a new version with the same runtime part
+                self.node.site = dataclasses.replace(current, version=site.version)
+                log.info("configuration v%s: nothing to reload", site.version)
+        else:
+            await self.node.apply(site)
+            log.info("applied configuration v%s of site %s", site.version, site.site or "-")
         self.config_error = ""
-        self._write_cache(body)
-        log.info("applied configuration v%s", site.version)
+        self._running_wire = wire
+        self._write_cache(wire)
         return True
 
     async def run(self) -> None:
@@ -135,6 +154,9 @@ class Follower:
     def status(self) -> dict[str, Any]:
         status = self.node.status()
         status["config_error"] = self.config_error
+        site = self.node.site
+        status["applied_site"] = site.site if site else ""
+        status["applied_digest"] = site.digest if site else ""
         return status
 
     async def publish_status(self, *, final: bool = False) -> None:
@@ -151,10 +173,17 @@ class Follower:
 
     def _read_cache(self) -> SiteConfig | None:
         try:
-            return load_site(self.cache_file.read_bytes())
-        except (OSError, ConfigFormatError) as exc:
+            wire = self.cache_file.read_bytes()
+            site = load_site(configmac.verify(self.mac_key, wire))
+        except OSError as exc:
             log.debug("no usable cached config at %s: %s", self.cache_file, exc)
             return None
+        except ConfigFormatError as exc:
+            self.config_error = f"last good configuration {self.cache_file} refused: {exc}"
+            log.error("%s", self.config_error)
+            return None
+        self._running_wire = wire
+        return site
 
     def _write_cache(self, body: bytes) -> None:
         # Atomic replace: a crash mid-write must not leave a corrupt last-known-good file.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mailadmin.models.config import ConfigLock, ConfigSnapshot
+from mailadmin.models.config import ConfigLock, ConfigSnapshot, SiteIdentity
 from mailadmin.models.domains import Domain, DomainKind
 from mailadmin.models.queue import (
     FINAL_STATES,
@@ -22,6 +22,7 @@ from mailadmin.models.servers import (
     ListMode,
     LogPeriod,
     OutboundAuth,
+    OutboundTls,
     ServerState,
     VirtualServer,
 )
@@ -47,7 +48,9 @@ __all__ = [
     "ListMode",
     "LogPeriod",
     "OutboundAuth",
+    "OutboundTls",
     "ServerState",
+    "SiteIdentity",
     "SmtpUser",
     "VirtualServer",
 ]

@@ -19,6 +19,7 @@ from mailadmin.services.config import (
     config_republish,
     published_body,
 )
+from smtpworker import configmac
 from smtpworker.config import SCHEMA, ConfigFormatError, dump_site, load_site, to_data
 from smtpworker.grammar import Binding
 
@@ -34,6 +35,12 @@ def redis_client() -> Any:
         pytest.fail(f"no Redis at {settings.REDIS_URL}: {exc}")
     yield client
     client.close()
+
+
+def held_body(redis_client: Any) -> dict[str, Any]:
+    """The body Redis holds, its signature checked as a worker checks it."""
+    key = configmac.body_key(settings.MAILADMIN_ENCRYPTION_KEY)
+    return dict(json.loads(configmac.verify(key, redis_client.get(REDIS_BODY_KEY))))
 
 
 def test_the_snapshot_is_plain_and_loads_in_the_worker(
@@ -90,7 +97,7 @@ def test_a_commit_pushes_the_version_to_redis(
     with django_capture_on_commit_callbacks(execute=True):
         api.post("/api/v1/servers/", {"name": "Pushed", "default_domain": "p.test"}, format="json")
     version = ConfigSnapshot.objects.latest().pk
-    held = json.loads(redis_client.get(REDIS_BODY_KEY))
+    held = held_body(redis_client)
     assert held["version"] == version
     assert [s["name"] for s in held["servers"]] == ["Pushed"]
     message = pubsub.get_message(timeout=2)
@@ -106,7 +113,7 @@ def test_a_flushed_redis_is_refilled_by_the_republish_task(
     redis_client.delete(REDIS_BODY_KEY)
     version = config_republish()
     assert version == ConfigSnapshot.objects.latest().pk
-    assert json.loads(redis_client.get(REDIS_BODY_KEY))["version"] == version
+    assert held_body(redis_client)["version"] == version
 
 
 def test_secrets_travel_sealed(api: APIClient) -> None:
