@@ -164,12 +164,20 @@ class AuthBrake:
 
     ``delay`` and ``max_delay``: after a server's ``failures_before_delay`` failures, the
     n-th further failure's 535 waits ``delay * 2**(n-1)`` seconds, at most ``max_delay``.
+    ``refusal_delay``: how long a 454 (blocked, or too many checks in progress) waits, as
+    Postfix's smtpd_error_sleep_time, so a session that keeps asking gets one answer a
+    second instead of a tight loop that would take the CPU from mail acceptance.
     """
 
     def __init__(
-        self, redis_url: str | None = None, *, delay: float = 1.0, max_delay: float = 8.0
+        self,
+        redis_url: str | None = None,
+        *,
+        delay: float = 1.0,
+        max_delay: float = 8.0,
+        refusal_delay: float = 1.0,
     ) -> None:
-        self.delay, self.max_delay = delay, max_delay
+        self.delay, self.max_delay, self.refusal_delay = delay, max_delay, refusal_delay
         self.local = LocalBrake()
         self.redis: aioredis.Redis | None = None
         if redis_url:

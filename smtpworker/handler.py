@@ -490,6 +490,7 @@ class SmtpSession(SMTP):
         if not await self.ctx.brake.blocked_until(cfg.name, self.client_key):
             return False
         self.ctx.count("auth_braked")
+        await asyncio.sleep(self.ctx.brake.refusal_delay)
         await self.push(AUTH_BLOCKED)
         return True
 
@@ -523,6 +524,7 @@ class SmtpSession(SMTP):
             )
         except PoolBusy:
             self.ctx.count("auth_busy")
+            await asyncio.sleep(self.ctx.brake.refusal_delay)
             raise AuthFailed(AUTH_BUSY) from None
 
     async def challenge_auth(

@@ -23,7 +23,7 @@ class LiveNode:
         self.executor = ThreadPoolExecutor(4)
         # In-process brake (no Redis URL) with short delays; tests of the shared brake
         # pass their own.
-        options.setdefault("brake", AuthBrake(delay=0.01, max_delay=0.05))
+        options.setdefault("brake", AuthBrake(delay=0.01, max_delay=0.05, refusal_delay=0.01))
         self.node = Node(
             NodeOptions(
                 name=name,

@@ -160,3 +160,16 @@ def test_the_password_pool_is_not_the_spool_pool() -> None:
         return name
 
     assert asyncio.run(names()).startswith("smtp-auth")
+
+
+def test_the_password_threads_yield_the_cpu_to_mail() -> None:
+    def own_nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    async def nice_in_pool() -> int:
+        pool = VerifyPool(1)
+        value = await pool.run("a", own_nice)
+        pool.shutdown()
+        return value
+
+    assert asyncio.run(nice_in_pool()) == min(19, own_nice() + 10)

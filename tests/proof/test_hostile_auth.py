@@ -62,7 +62,8 @@ def redis_url() -> Iterator[str]:
 @pytest.fixture
 def shared(tmp_path: Path, redis_url: str) -> Iterator[LiveNode]:
     """A node whose brake counts in Redis, with short delays."""
-    node = LiveNode(tmp_path, brake=AuthBrake(redis_url, delay=0.01, max_delay=0.02))
+    brake = AuthBrake(redis_url, delay=0.01, max_delay=0.02, refusal_delay=0.01)
+    node = LiveNode(tmp_path, brake=brake)
     yield node
     node.close()
 
@@ -178,7 +179,8 @@ def test_a_block_holds_while_ten_thousand_other_clients_fail(
 
 def test_redis_down_still_brakes_in_process_and_mail_goes_on(tmp_path: Path) -> None:
     nobody = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
-    live = LiveNode(tmp_path, brake=AuthBrake(nobody, delay=0.01, max_delay=0.02))
+    brake = AuthBrake(nobody, delay=0.01, max_delay=0.02, refusal_delay=0.01)
+    live = LiveNode(tmp_path, brake=brake)
     try:
         submission, _relay = two_servers(live)
         began = time.monotonic()
@@ -211,3 +213,22 @@ def test_the_per_client_connection_limit_refuses_that_client_only(live: LiveNode
     finally:
         for wire in held:
             wire.close()
+
+
+def test_a_blocked_client_that_keeps_asking_is_answered_slowly(tmp_path: Path) -> None:
+    """Like Postfix's smtpd_error_sleep_time: a guesser looping on AUTH gets one 454 per
+    refusal_delay, not a tight loop of cheap answers that would take the CPU from mail."""
+    live = LiveNode(tmp_path, brake=AuthBrake(delay=0.01, max_delay=0.02, refusal_delay=0.3))
+    try:
+        submission, _relay = two_servers(live)
+        with From(submission) as wire:
+            wire.hello()
+            for _ in range(4):
+                assert wire.command(plain("wrong")).code == 535
+            began = time.monotonic()
+            for _ in range(3):
+                assert wire.command(plain("wrong")).code == 454
+            assert time.monotonic() - began >= 0.9
+            assert wire.command("NOOP").code == 250  # and the session goes on
+    finally:
+        live.close()

@@ -459,7 +459,7 @@ def test_auth_before_tls_where_tls_is_required(
 
 @pytest.fixture
 def guarded(tmp_path: Path) -> Iterator[LiveNode]:
-    node = LiveNode(tmp_path, brake=AuthBrake(delay=0.25, max_delay=0.5))
+    node = LiveNode(tmp_path, brake=AuthBrake(delay=0.25, max_delay=0.5, refusal_delay=0.01))
     yield node
     node.close()
 
