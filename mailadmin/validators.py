@@ -15,6 +15,7 @@ from typing import Any
 from django.core.exceptions import ValidationError
 
 from smtpworker import grammar
+from smtpworker.tlsinfo import TlsConfigError, check_ca_certificates
 
 
 def _check(parse: Callable[[str], Any], value: str) -> None:
@@ -49,6 +50,16 @@ def binding(value: str) -> None:
 
 def mailbox(value: str) -> None:
     _check(grammar.parse_forward_path, value)
+
+
+def pem_certificates(value: str) -> None:
+    """CA certificates (PEM) that verified outbound TLS will trust; empty is allowed."""
+    if not value.strip():
+        return
+    try:
+        check_ca_certificates(value)
+    except TlsConfigError as exc:
+        raise ValidationError(exc.message, code="invalid") from exc
 
 
 def proxy_protocol_errors(

@@ -1,9 +1,10 @@
 """Send one SMTP transaction to one host, synchronously, with smtplib (Celery tasks call it).
 
 A :class:`Connection` is one session with one :class:`~smtpworker.routing.Target`: it
-greets (EHLO, or HELO where a remote domain asks for it), upgrades with STARTTLS when
-offered (or fails when TLS is required and not offered), authenticates when the outbound
-security says so, and then carries any number of transactions. :meth:`Connection.send`
+greets (EHLO, or HELO where a remote domain asks for it), upgrades with STARTTLS at the
+outbound security's TLS level (opportunistic, required, verified), authenticates when the
+outbound security says so (inside TLS only, unless clear text is allowed for the hop), and
+then carries any number of transactions. :meth:`Connection.send`
 never raises for what the network or the server does: every recipient gets a
 :class:`RecipientResult` whose code says delivered (2xx), retry (4xx) or bounce (5xx).
 :class:`ConnectionPool` keeps sessions open for the next message to the same host.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import logging
@@ -42,13 +44,12 @@ __all__ = [
     "RecipientResult",
     "SessionError",
     "TransactionResult",
+    "tls_context",
     "to_wire",
-    "unverified_tls_context",
 ]
 
 log = logging.getLogger(__name__)
 
-TlsContextFactory = Callable[[Target], ssl.SSLContext]  # called per STARTTLS
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 _UNSAFE_IN_ADDRESS = re.compile(r"[\r\n\0<>]")
 _MAX_SASL_ROUNDS = 5
@@ -100,7 +101,12 @@ class SessionError(Exception):
 
 
 class _TlsFailed(SessionError):
-    """The TLS handshake failed; in opportunistic mode the session is retried in clear."""
+    """The TLS handshake failed; in opportunistic mode the session is retried in clear.
+    ``detail`` says why, without the enhanced code and host."""
+
+    def __init__(self, reply: str, detail: str) -> None:
+        super().__init__(reply)
+        self.detail = detail
 
 
 class _StaleSession(Exception):
@@ -130,29 +136,48 @@ def to_wire(data: bytes) -> bytes:
     return text.replace(b"\r\n.", b"\r\n..") + b".\r\n"
 
 
-_UNVERIFIED: ssl.SSLContext | None = None
+def tls_context(security: OutboundSecurity) -> ssl.SSLContext:
+    """The client context for ``security``'s TLS level. ``opportunistic`` and ``required``
+    encrypt without checking the certificate, as IIS does and as RFC 7435 advises (smart
+    hosts are often named by address and carry private certificates); ``verified`` checks
+    the chain against ``security.tls_ca`` (PEM; the system's CAs when empty) and the host
+    name. Raises ssl.SSLError when ``tls_ca`` holds no usable certificate."""
+    if security.tls == "verified":
+        return _verified_context(security.tls_ca)
+    return _unverified_context()
 
 
-def unverified_tls_context(target: Target) -> ssl.SSLContext:
-    """Encrypt without checking the certificate, as IIS does and as RFC 7435 advises for
-    opportunistic SMTP: smart hosts are often named by address and carry private
-    certificates. Pass a verifying factory to Connection to authenticate the peer."""
-    global _UNVERIFIED
-    if _UNVERIFIED is None:  # one shared context: building one loads OpenSSL state
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        _UNVERIFIED = context
-    return _UNVERIFIED
+@functools.cache
+def _unverified_context() -> ssl.SSLContext:
+    # One shared context: building one loads OpenSSL state.
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+@functools.lru_cache(maxsize=64)
+def _verified_context(ca_pem: str) -> ssl.SSLContext:
+    if ca_pem.strip():
+        context = ssl.create_default_context(cadata=ca_pem)
+    else:
+        context = ssl.create_default_context()
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context  # check_hostname and CERT_REQUIRED are the defaults
 
 
 class _Client(smtplib.SMTP):
     def wrap_tls(self, context: ssl.SSLContext, server_hostname: str) -> None:
         """The socket half of STARTTLS, after the 220. smtplib's own starttls() would
-        name the peer by the address dialled, not by its host name (SNI, verification)."""
+        name the peer by the address dialled, not by its host name (SNI, verification).
+        A failure closes the socket: nothing more may go over it in clear."""
         assert self.sock is not None
-        self.sock = context.wrap_socket(self.sock, server_hostname=server_hostname)
+        try:
+            self.sock = context.wrap_socket(self.sock, server_hostname=server_hostname)
+        except BaseException:
+            self.close()
+            raise
         self.file = None
         # RFC 3207 4.2: forget everything the server said before TLS.
         self.helo_resp = self.ehlo_resp = None
@@ -164,11 +189,17 @@ class Connection:
     """One SMTP session with one target, reusable for several transactions; not
     thread-safe (the pool hands it to one user at a time).
 
-    ``security.tls`` True means STARTTLS is required; otherwise it is used when offered.
-    ``security.auth_method`` "basic" uses PLAIN or LOGIN, "integrated" SCRAM-SHA-256 or
-    CRAM-MD5 (no password on the wire); ``password`` is the opened (plain) secret. AUTH
-    runs after STARTTLS. A server that offers no suitable mechanism, or refuses the
-    credentials, fails the session temporarily: a wrong password must not bounce mail.
+    ``security.tls`` is the level: ``opportunistic`` uses STARTTLS when offered and goes
+    on in clear when it is not offered, refused or its handshake fails (a new session,
+    without TLS); ``required`` fails the session (temporarily) unless TLS is set up, with
+    any certificate; ``verified`` also needs a certificate that :func:`tls_context`
+    accepts for ``target.verify_name``. Nothing goes in clear after a failed handshake at
+    a required level. ``security.auth_method`` "basic" uses PLAIN or LOGIN, "integrated"
+    SCRAM-SHA-256 or CRAM-MD5; ``password`` is the opened (plain) secret. AUTH runs only
+    inside TLS unless ``security.cleartext_auth`` allows it without; otherwise a session
+    without TLS fails temporarily before any AUTH byte is sent, saying why. A server that
+    offers no suitable mechanism, or refuses the credentials, fails the session
+    temporarily too: a wrong password must not bounce mail.
     """
 
     def __init__(
@@ -180,7 +211,6 @@ class Connection:
         security: OutboundSecurity,
         password: str,
         timeout: float,
-        tls_context_factory: TlsContextFactory = unverified_tls_context,
     ) -> None:
         if not helo_name:
             # smtplib would say "EHLO " with nothing, or look the name up in DNS.
@@ -190,7 +220,6 @@ class Connection:
         self.use_helo = use_helo
         self.security = security
         self.timeout = timeout
-        self.tls_context_factory = tls_context_factory
         self.tls = False
         self.authenticated = False
         self.transactions = 0  # on the current TCP session
@@ -198,6 +227,7 @@ class Connection:
         self._smtp: _Client | None = None
         self._closing = False  # the server said 421: do not reuse
         self._stage = "connecting"
+        self._clear_reason = ""  # why the session runs without TLS, for AUTH's refusal
 
     def __repr__(self) -> str:
         return f"Connection({self.peer}, open={self._smtp is not None})"
@@ -219,25 +249,33 @@ class Connection:
         try:
             self._open(try_tls=True)
         except _TlsFailed as exc:
-            if self.security.tls:
+            if self.security.tls_required:
                 raise
+            why = f"the TLS handshake failed: {exc.detail}"
+            if self._needs_auth and not self.security.cleartext_auth:
+                raise self._cleartext_refusal(why) from exc
             # Opportunistic TLS: plain delivery beats none (RFC 7435), as Postfix does.
             log.info("%s; retrying without TLS", exc.reply)
-            self._open(try_tls=False)
+            self._open(try_tls=False, clear_reason=why)
 
-    def _open(self, *, try_tls: bool) -> None:
+    @property
+    def _needs_auth(self) -> bool:
+        return self.security.auth_method != "anonymous"
+
+    def _open(self, *, try_tls: bool, clear_reason: str = "") -> None:
         self._stage, self._closing = "connecting", False
         self.tls = self.authenticated = False
         self.transactions = 0
+        self._clear_reason = clear_reason
         smtp = self._smtp = _Client(local_hostname=self.helo_name, timeout=self.timeout)
         try:
             code, reply = smtp.connect(self.target.address, self.target.port)
             if code != 220:
                 raise self._refused("greeting", code, reply)
             self._hello(smtp)
-            if try_tls and (self.security.tls or smtp.has_extn("starttls")):
+            if try_tls:
                 self._starttls(smtp)
-            if self.security.auth_method != "anonymous":
+            if self._needs_auth:
                 self._authenticate(smtp)
         except SessionError:
             self._drop()
@@ -258,27 +296,44 @@ class Connection:
             raise self._refused("HELO/EHLO", code, reply)
 
     def _starttls(self, smtp: _Client) -> None:
-        required = self.security.tls
+        """STARTTLS at the security's level; returns without TLS only when opportunistic
+        (``_clear_reason`` then says why). Raises _TlsFailed when the handshake fails."""
+        required = self.security.tls_required
         if not smtp.has_extn("starttls"):
             if self.use_helo:
                 why = f"HELO (not EHLO) is set for {self.peer}, so STARTTLS cannot be used"
+                self._clear_reason = "HELO (not EHLO) is set, so STARTTLS cannot be used"
             else:
                 why = f"{self.peer} does not offer STARTTLS"
-            raise SessionError(f"4.7.4 TLS is required, but {why}")
+                self._clear_reason = "STARTTLS not offered"
+            if required:
+                raise SessionError(f"4.7.4 TLS is required, but {why}")
+            return
+        try:
+            context = tls_context(self.security)
+        except ssl.SSLError as exc:  # the stored CA bundle is unusable: never go in clear
+            why = f"4.7.5 The CA certificates for {self.peer} are unusable: {exc}"
+            raise SessionError(why) from exc
         self._stage = "starting TLS"
         code, reply = smtp.docmd("STARTTLS")
         if code != 220:
             if required:
                 raise SessionError(f"4.7.4 {self.peer} refused STARTTLS: {code} {_text(reply)}")
-            return  # RFC 3207: the session goes on in clear
+            self._clear_reason = f"STARTTLS failed: {code} {_text(reply)}"
+            return  # RFC 3207: the session goes on in clear (but AUTH only if allowed)
         try:
-            smtp.wrap_tls(self.tls_context_factory(self.target), self.target.host)
-        except ssl.SSLError as exc:
-            raise _TlsFailed(f"4.7.5 TLS handshake with {self.peer} failed: {exc}") from exc
+            smtp.wrap_tls(context, self.target.verify_name)
+        except (ssl.SSLError, ssl.CertificateError, OSError) as exc:
+            detail = _tls_error(exc)
+            level = "verified " if self.security.tls == "verified" else ""
+            failure = f"4.7.5 {level}TLS handshake with {self.peer} failed: {detail}"
+            raise _TlsFailed(failure, detail) from exc
         self.tls = True
         self._hello(smtp)
 
     def _authenticate(self, smtp: _Client) -> None:
+        if not self.tls and not self.security.cleartext_auth:
+            raise self._cleartext_refusal(self._clear_reason or "no TLS")
         method = self.security.auth_method
         wanted = ("PLAIN", "LOGIN") if method == "basic" else ("SCRAM-SHA-256", "CRAM-MD5")
         offered = smtp.esmtp_features.get("auth", "").upper().split() if smtp.does_esmtp else []
@@ -567,6 +622,12 @@ class Connection:
         )
         return TransactionResult(self.peer, results, connect_error=error.reply)
 
+    def _cleartext_refusal(self, why: str) -> SessionError:
+        # X.7.10 "Encryption needed" (RFC 5248); temporary: the hop may offer TLS later.
+        return SessionError(
+            f"4.7.10 refusing to send credentials in clear text to {self.peer}: {why}"
+        )
+
     def _refused(self, stage: str, code: int, reply: bytes) -> SessionError:
         # A 5xx here says nothing about the recipients; like Postfix, try elsewhere/later.
         text = f"{self.peer} refused the session at {stage}: {code} {_text(reply)}"
@@ -583,6 +644,15 @@ class Connection:
         if timed_out:
             return SessionError(f"4.4.2 {self.peer} timed out while {self._stage}")
         return SessionError(f"4.4.2 Lost connection with {self.peer} while {self._stage}: {exc}")
+
+
+def _tls_error(exc: BaseException) -> str:
+    """A handshake error in one line: OpenSSL's reason and verification message."""
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        return f"certificate verify failed: {exc.verify_message}"
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return str(exc.reason)
+    return _text(str(exc)) or type(exc).__name__
 
 
 def _unsendable(recipient: str) -> RecipientResult:
@@ -706,12 +776,12 @@ _MECHANISMS: dict[str, Callable[[str, str], _Mechanism]] = {
 
 # --- Pool ------------------------------------------------------------------------------
 
-_Key = tuple[str, int, str, str, bool, OutboundSecurity]
+_Key = tuple[str, int, str, str, str, bool, OutboundSecurity]
 
 
 class ConnectionPool:
     """Sessions kept open for reuse within one process, per (address, port, host name,
-    HELO name, HELO/EHLO, security); thread-safe.
+    verified name, HELO name, HELO/EHLO, security); thread-safe.
 
     :meth:`get` hands out an idle session for the key, most recently used first, or a new
     unopened Connection (its first send() opens it). :meth:`release` keeps a usable
@@ -752,11 +822,18 @@ class ConnectionPool:
         security: OutboundSecurity,
         password: str,
         timeout: float,
-        tls_context_factory: TlsContextFactory = unverified_tls_context,
         wait: float | None = None,
     ) -> Connection:
         """A session for ``target``; give it back with :meth:`release`."""
-        key: _Key = (target.address, target.port, target.host, helo_name, use_helo, security)
+        key: _Key = (
+            target.address,
+            target.port,
+            target.host,
+            target.verify_name,
+            helo_name,
+            use_helo,
+            security,
+        )
         deadline = time.monotonic() + (timeout if wait is None else wait)
         expired: list[Connection] = []
         try:
@@ -780,7 +857,6 @@ class ConnectionPool:
                     security=security,
                     password=password,
                     timeout=timeout,
-                    tls_context_factory=tls_context_factory,
                 )
                 self._keys[connection] = key
                 return connection

@@ -66,13 +66,19 @@ class Hop:
 @dataclass(frozen=True, slots=True)
 class Target:
     """One address to connect to: ``host`` is the name it came from (the MX host, the
-    domain for an implicit MX, or the address itself for a literal), used for TLS SNI and
-    in messages."""
+    domain for an implicit MX, or the address itself for a literal), used in messages.
+    ``tls_name`` is the name a verified certificate must carry (and the TLS SNI): the
+    configured name of a smart host; empty means ``host`` (an MX host's own name)."""
 
     host: str
     address: str
     port: int
     preference: int
+    tls_name: str = ""
+
+    @property
+    def verify_name(self) -> str:
+        return self.tls_name or self.host
 
 
 class RouteError(Exception):
@@ -174,7 +180,12 @@ def resolve(
             return [Target(smart.host, smart.host, hop.port, 0)]
         name = smart.host
     lookup = _Lookup(make_resolver(dns_servers), time.monotonic() + timeout)
-    return lookup.mail_targets(name, hop.port, rng or random.Random())
+    targets = lookup.mail_targets(name, hop.port, rng or random.Random())
+    if hop.kind == "smarthost":
+        # A smart host is verified by the name the administrator gave, never by a name
+        # that DNS (which an attacker may answer) led to.
+        targets = [replace(t, tls_name=name) for t in targets]
+    return targets
 
 
 def make_resolver(dns_servers: Sequence[str]) -> dns.resolver.Resolver:

@@ -6,6 +6,7 @@ files: the console and the API show them as they are.
 
 from __future__ import annotations
 
+import re
 import ssl
 import tempfile
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ __all__ = [
     "CertificateInfo",
     "TlsConfigError",
     "build_ssl_context",
+    "check_ca_certificates",
     "days_left",
     "inspect_certificate",
 ]
@@ -112,6 +114,42 @@ def build_ssl_context(
         except ssl.SSLError as exc:
             raise TlsConfigError(_explain_ssl_error(exc)) from None
     return context
+
+
+MAX_CA_BUNDLE = 512 * 1024  # the whole Mozilla bundle is about 220 KB
+_PEM_LABEL = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----")
+
+
+def check_ca_certificates(pem: str) -> int:
+    """Check that ``pem`` holds only PEM certificates that the TLS library takes as trust
+    anchors (a CA bundle for verified outbound TLS); return how many. Raises
+    TlsConfigError otherwise: anything but certificates (a private key pasted by mistake
+    would be stored and exported in clear), damaged text, or more than 512 KB. Text
+    between the certificates (comments) is allowed, as in the system's bundle."""
+    if len(pem) > MAX_CA_BUNDLE:
+        raise TlsConfigError("The CA certificates are larger than 512 KB.")
+    labels = _PEM_LABEL.findall(pem)
+    if not labels:
+        raise TlsConfigError(
+            "The CA certificates are not in PEM format (text starting with "
+            "-----BEGIN CERTIFICATE-----)."
+        )
+    others = sorted({label for label in labels if label != "CERTIFICATE"})
+    if others:
+        raise TlsConfigError(
+            f"Only CA certificates belong here, not {', '.join(others)}: remove it."
+        )
+    try:
+        count = len(x509.load_pem_x509_certificates(pem.encode()))
+    except ValueError:
+        count = 0
+    if count != len(labels):
+        raise TlsConfigError("A CA certificate cannot be read: it is damaged or incomplete.")
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=pem)
+    except ssl.SSLError as exc:
+        raise TlsConfigError(_explain_ssl_error(exc)) from None
+    return count
 
 
 # OpenSSL's security level refuses these at load time; say what to do about them.

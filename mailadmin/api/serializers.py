@@ -14,7 +14,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from mailadmin.layout import DOMAIN_LAYOUT, SECRET_FIELDS, SERVER_LAYOUT, Layout
-from mailadmin.models import AccessList, Domain, SmtpUser, VirtualServer
+from mailadmin.models import AccessList, Domain, OutboundTls, SmtpUser, VirtualServer
 from mailadmin.selectors import server_runtime, worker_statuses
 from smtpworker import grammar
 
@@ -129,10 +129,8 @@ class TlsLevelField(serializers.ChoiceField):
 
 
 def tls_level_field(model: type[models.Model], key: str, name: str) -> serializers.Field:
-    model_field = model._meta.get_field(name)
-    assert isinstance(model_field, models.Field)
     return TlsLevelField(
-        choices=model_field.choices,
+        choices=OutboundTls.choices,
         source=name,
         required=False,
         help_text="opportunistic (TLS when offered), required (TLS, any certificate) or "

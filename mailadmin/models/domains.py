@@ -6,7 +6,13 @@ from django.db import models
 from django.db.models import Q
 
 from mailadmin import validators
-from mailadmin.models.servers import OutboundAuth, VirtualServer
+from mailadmin.models.servers import (
+    OutboundAuth,
+    VirtualServer,
+    outbound_cleartext_auth_field,
+    outbound_tls_ca_field,
+    outbound_tls_field,
+)
 
 
 class DomainKind(models.TextChoices):
@@ -31,12 +37,14 @@ class Domain(models.Model):
     )
     forward_all_to_smart_host = models.BooleanField(default=False)
     use_helo = models.BooleanField("send HELO instead of EHLO", default=False)
-    outbound_tls = models.BooleanField(default=False)
+    outbound_tls = outbound_tls_field()
+    outbound_tls_ca = outbound_tls_ca_field()
     outbound_auth_method = models.CharField(
         max_length=16, choices=OutboundAuth.choices, default=OutboundAuth.ANONYMOUS
     )
     outbound_username = models.CharField(max_length=254, blank=True, default="")
     outbound_password = models.TextField(blank=True, default="")  # sealed
+    outbound_cleartext_auth = outbound_cleartext_auth_field()
 
     class Meta:
         ordering = ["-is_default", "kind", "name"]

@@ -42,8 +42,14 @@ def test_a_new_server_has_exactly_its_default_domain(
         "forward_all_to_smart_host": False,
         "use_helo": False,
         "outbound": {
-            "tls": False,
-            "auth": {"method": "anonymous", "username": "", "password_set": False},
+            "tls": "opportunistic",
+            "tls_ca": "",
+            "auth": {
+                "method": "anonymous",
+                "username": "",
+                "password_set": False,
+                "allow_cleartext": False,
+            },
         },
     }
     assert server["default_domain"] == "corp.test"
@@ -235,13 +241,19 @@ def test_the_outbound_password_is_write_only_and_sealed(
         name="partner.test",
         smart_host="smtp.partner.test:587",
         outbound={
-            "tls": True,
+            "tls": "required",
             "auth": {"method": "basic", "username": "corp", "password": "s3cret-pw"},
         },
     )
     assert remote["outbound"] == {
-        "tls": True,
-        "auth": {"method": "basic", "username": "corp", "password_set": True},
+        "tls": "required",
+        "tls_ca": "",
+        "auth": {
+            "method": "basic",
+            "username": "corp",
+            "password_set": True,
+            "allow_cleartext": False,
+        },
     }
     for body in (api.get(f"/api/v1/domains/{remote['id']}/"), api.get("/api/v1/domains/")):
         assert "s3cret-pw" not in body.content.decode()

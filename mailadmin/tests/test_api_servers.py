@@ -40,7 +40,9 @@ def test_it_creates_a_server_with_iis_defaults(api: APIClient) -> None:
         "method": "anonymous",
         "username": "",
         "password_set": False,
+        "allow_cleartext": False,
     }
+    assert (delivery["outbound"]["tls"], delivery["outbound"]["tls_ca"]) == ("opportunistic", "")
     assert server["authentication"]["anonymous"] is True
     assert server["relay"] == {"mode": "only_list", "list": [], "allow_authenticated": True}
     assert server["connection_control"] == {"mode": "all_except_list", "list": []}

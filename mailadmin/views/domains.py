@@ -11,7 +11,7 @@ from django.shortcuts import get_object_or_404, redirect
 from django.urls import reverse
 
 from mailadmin.exceptions import ConfigError
-from mailadmin.forms import DOMAIN_PATH_FIELDS, attach_errors, describe
+from mailadmin.forms import DOMAIN_PATH_FIELDS, attach_errors, describe, outbound_tls_fields
 from mailadmin.models import Domain, DomainKind, OutboundAuth, VirtualServer
 from mailadmin.services import domains as domain_services
 from mailadmin.views.base import author, console_view, render_console
@@ -51,7 +51,7 @@ class RemoteDomainForm(forms.Form):
         widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
         help_text="Leave empty to keep the stored password.",
     )
-    outbound_tls = forms.BooleanField(label="TLS encryption", required=False)
+    outbound_tls, outbound_tls_ca, outbound_cleartext_auth = outbound_tls_fields()
     FIELDS = (
         "name",
         "relay_allowed",
@@ -61,6 +61,8 @@ class RemoteDomainForm(forms.Form):
         "outbound_auth_method",
         "outbound_username",
         "outbound_tls",
+        "outbound_tls_ca",
+        "outbound_cleartext_auth",
     )
 
 

@@ -173,6 +173,12 @@ class Sink:
         self.ca.configure_trust(context)
         return context
 
+    def ca_pem(self) -> str:
+        """The sink's private CA certificate, PEM: what an administrator would upload."""
+        if self.ca is None:
+            raise RuntimeError("the sink was started without tls=True")
+        return self.ca.cert_pem.bytes().decode("ascii")
+
     def _server_context(self) -> ssl.SSLContext:
         assert self.ca is not None
         leaf = self.ca.issue_cert(self.host, "localhost", self.hostname, "*.test", "*.example.test")

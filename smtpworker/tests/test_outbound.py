@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ssl
 import subprocess
 import sys
 import threading
@@ -285,20 +284,19 @@ def test_starttls_is_used_when_offered() -> None:
         assert sink.wait_for(1)[0].tls
 
 
-def test_required_tls_with_a_verified_certificate() -> None:
+def test_verified_tls_with_the_uploaded_ca() -> None:
     with Sink(tls=True) as sink:
         result = send(
             sink,
             target=target(sink, "mx.example.test"),  # the name is checked against the cert
-            security={"tls": True},
-            tls_context_factory=lambda _target: sink.client_context(),
+            security={"tls": "verified", "tls_ca": sink.ca_pem()},
         )
         assert codes(result) == [250]
         assert sink.wait_for(1)[0].tls
 
 
 def test_required_tls_not_offered_is_temporary_and_sends_nothing(sink: Sink) -> None:
-    result = send(sink, security={"tls": True})
+    result = send(sink, security={"tls": "required"})
     assert codes(result) == [421]
     assert result.connect_error is not None
     assert result.connect_error.startswith("4.7.4 TLS is required")
@@ -307,29 +305,19 @@ def test_required_tls_not_offered_is_temporary_and_sends_nothing(sink: Sink) -> 
 
 def test_required_tls_and_helo_cannot_meet() -> None:
     with Sink(tls=True) as sink:
-        result = send(sink, security={"tls": True}, use_helo=True)
+        result = send(sink, security={"tls": "required"}, use_helo=True)
         assert result.connect_error is not None
         assert "HELO (not EHLO) is set" in result.connect_error
         assert sink.messages == []
 
 
-def strict_context(_target: Target) -> ssl.SSLContext:
-    return ssl.create_default_context()  # the sink's private CA is not trusted
-
-
-def test_a_failed_handshake_fails_required_tls() -> None:
-    with Sink(tls=True) as sink:
-        result = send(sink, security={"tls": True}, tls_context_factory=strict_context)
+def test_verified_tls_refuses_a_certificate_from_an_untrusted_ca() -> None:
+    with Sink(tls=True) as sink:  # the system's CAs do not know the sink's private CA
+        result = send(sink, security={"tls": "verified"})
         assert result.connect_error is not None
-        assert result.connect_error.startswith("4.7.5 TLS handshake")
+        assert result.connect_error.startswith("4.7.5 verified TLS handshake")
+        assert "certificate verify failed" in result.connect_error
         assert sink.messages == []
-
-
-def test_a_failed_handshake_falls_back_to_clear_text_when_opportunistic() -> None:
-    with Sink(tls=True) as sink:
-        result = send(sink, tls_context_factory=strict_context)
-        assert codes(result) == [250]
-        assert not sink.wait_for(1)[0].tls
 
 
 @pytest.mark.parametrize(
@@ -342,18 +330,18 @@ def test_a_failed_handshake_falls_back_to_clear_text_when_opportunistic() -> Non
     ],
 )
 def test_auth_with_stored_credentials(method: str, offered: tuple[str, ...]) -> None:
-    with Sink(auth=("relay", "s3cret \u00e9"), auth_mechanisms=offered) as sink:
+    with Sink(tls=True, auth=("relay", "s3cret \u00e9"), auth_mechanisms=offered) as sink:
         security = {"auth_method": method, "username": "relay"}
         conn = connection(sink, security=security, password="s3cret \u00e9")
         assert codes(conn.send("a@example.org", ["b@example.test"], MESSAGE)) == [250]
-        assert conn.authenticated
+        assert conn.authenticated and conn.tls
         conn.close()
         assert sink.wait_for(1)[0].auth_user == "relay"
 
 
 def test_auth_after_starttls() -> None:
     with Sink(tls=True, auth=("relay", "pw")) as sink:
-        security = {"tls": True, "auth_method": "basic", "username": "relay"}
+        security = {"tls": "required", "auth_method": "basic", "username": "relay"}
         assert codes(send(sink, security=security, password="pw")) == [250]
         got = sink.wait_for(1)[0]
         assert got.tls and got.auth_user == "relay"
@@ -369,7 +357,7 @@ def test_auth_after_starttls() -> None:
     ],
 )
 def test_wrong_credentials_are_temporary_and_send_nothing(method: str, mechanism: str) -> None:
-    with Sink(auth=("relay", "pw"), auth_mechanisms=(mechanism,)) as sink:
+    with Sink(tls=True, auth=("relay", "pw"), auth_mechanisms=(mechanism,)) as sink:
         security = {"auth_method": method, "username": "relay"}
         result = send(sink, security=security, password="wrong")
         assert codes(result) == [421]
@@ -379,7 +367,7 @@ def test_wrong_credentials_are_temporary_and_send_nothing(method: str, mechanism
 
 
 def test_integrated_auth_never_falls_back_to_a_clear_text_password() -> None:
-    with Sink(auth=("relay", "pw"), auth_mechanisms=("PLAIN", "LOGIN")) as sink:
+    with Sink(tls=True, auth=("relay", "pw"), auth_mechanisms=("PLAIN", "LOGIN")) as sink:
         security = {"auth_method": "integrated", "username": "relay"}
         result = send(sink, security=security, password="pw")
         assert result.connect_error is not None

@@ -26,7 +26,9 @@ from smtpworker.grammar import Binding, GrammarError, Mailbox, parse_access_entr
 from smtpworker.policy import Client, Decision
 
 KB = 1024
-NO_SECURITY = OutboundSecurity(tls=False, auth_method="anonymous", username="", password="")
+NO_SECURITY = OutboundSecurity(
+    tls="opportunistic", auth_method="anonymous", username="", password=""
+)
 
 
 def domain(name: str, kind: str = "remote", *, relay: bool = False, default: bool = False):

@@ -27,9 +27,11 @@ from smtpworker.routing import (
 from smtpworker.tests.dnsserver import DnsServer, Zone
 from smtpworker.tests.factories import NO_SECURITY, local, remote, server
 
-SERVER_SECURITY = OutboundSecurity(tls=True, auth_method="basic", username="srv", password="s")
+SERVER_SECURITY = OutboundSecurity(
+    tls="required", auth_method="basic", username="srv", password="s"
+)
 DOMAIN_SECURITY = OutboundSecurity(
-    tls=False, auth_method="integrated", username="dom", password="d"
+    tls="opportunistic", auth_method="integrated", username="dom", password="d"
 )
 
 
@@ -270,13 +272,22 @@ def test_a_literal_smart_host_needs_no_dns(dns_server: DnsServer) -> None:
 
 
 def test_a_named_smart_host_is_looked_up_mx_first_then_address(dns_server: DnsServer) -> None:
-    assert lookup(dns_server, smart("relay.test:587", 587)) == [
-        Target("in.relay.test", "127.0.0.51", 587, 5)
-    ]
+    # Verified TLS checks the smart host's configured name, not the MX name DNS gave.
+    [via_mx] = lookup(dns_server, smart("relay.test:587", 587))
+    assert via_mx == Target("in.relay.test", "127.0.0.51", 587, 5, tls_name="relay.test")
+    assert via_mx.verify_name == "relay.test"
     assert lookup(dns_server, smart("plain-relay.test")) == [
-        Target("plain-relay.test", "127.0.0.61", 25, 0)
+        Target("plain-relay.test", "127.0.0.61", 25, 0, tls_name="plain-relay.test")
     ]
     assert ("relay.test", "MX") in dns_server.queries
+
+
+def test_an_mx_host_is_verified_by_its_own_name(dns_server: DnsServer) -> None:
+    assert [t.verify_name for t in lookup(dns_server, mx("example.test"))] == [
+        "mx1.example.test",
+        "mx2.example.test",
+        "mx2.example.test",
+    ]
 
 
 def test_a_failing_dns_server_gives_way_to_the_next(dns_server: DnsServer) -> None:
