@@ -20,10 +20,12 @@ import trustme
 from django.contrib.auth.models import User
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
+from django.test import Client
 from rest_framework.test import APIClient
 
 from mailadmin.models import ConfigSnapshot, Domain, Message, RecipientState, VirtualServer
 from mailadmin.tests.conftest import make_server
+from mailadmin.tests.test_console_sheet import get_tab, post
 from mailadmin.tests.test_delivery import run, spool
 from mailadmin.tracking import message_events
 from smtpworker.tests.dnsserver import DnsServer
@@ -378,3 +380,42 @@ def test_the_migration_keeps_the_meaning_of_the_old_check_box() -> None:
     }
     executor = MigrationExecutor(connection)
     executor.migrate(executor.loader.graph.leaf_nodes())
+
+
+# --- console: the Outbound Security dialog and a remote domain's sheet ---------------------
+
+
+def test_the_console_sets_the_levels_and_shows_a_bad_ca_beside_its_field(
+    api: APIClient, admin_user: User
+) -> None:
+    relay(api, {})
+    server = VirtualServer.objects.get(name="Relay")
+    client = Client()
+    client.force_login(admin_user)
+    page = client.get(f"/servers/{server.pk}/properties/delivery/").content.decode()
+    assert "Required and verified" in page and "Allow authentication without TLS" in page
+    ca = trustme.CA().cert_pem.bytes().decode()
+    version = ConfigSnapshot.objects.latest().pk
+    data = {**get_tab(client, server, "delivery"), "outbound_tls": "verified"}
+    refused = post(client, server, "delivery", {**data, "outbound_tls_ca": PRIVATE_KEY})
+    assert refused.status_code == 400
+    assert "Only CA certificates belong here" in refused.content.decode()
+    assert ConfigSnapshot.objects.latest().pk == version
+    saved = post(client, server, "delivery", {**data, "outbound_tls_ca": ca})
+    assert saved.status_code == 302
+    server.refresh_from_db()
+    assert (server.outbound_tls, server.outbound_cleartext_auth) == ("verified", False)
+    assert server.outbound_tls_ca == ca.strip()
+
+    domain = Domain.objects.create(server=server, name="partner.test", kind="remote")
+    sheet = {"name": "partner.test", "outbound_auth_method": "anonymous", "outbound_tls": "x"}
+    refused = client.post(f"/domains/{domain.pk}/", sheet)
+    assert refused.status_code == 400 and "outbound_tls" in refused.context["form"].errors
+    sheet.update(outbound_tls="required", outbound_tls_ca=DAMAGED, outbound_cleartext_auth="on")
+    refused = client.post(f"/domains/{domain.pk}/", sheet)
+    assert refused.status_code == 400
+    assert "damaged" in " ".join(refused.context["form"].errors["outbound_tls_ca"])
+    sheet["outbound_tls_ca"] = ""
+    assert client.post(f"/domains/{domain.pk}/", sheet).status_code == 302
+    domain.refresh_from_db()
+    assert (domain.outbound_tls, domain.outbound_cleartext_auth) == ("required", True)
