@@ -33,6 +33,7 @@ from pathlib import Path
 __all__ = [
     "UnsafePath",
     "directory",
+    "make_directories",
     "open_append",
     "open_directory",
     "private_directory",
@@ -81,14 +82,17 @@ def open_directory(
             raise
     except OSError as exc:
         raise _unsafe(exc, path, "not a directory") from exc
-    _make_directories(Path(path), mode)
+    make_directories(path, mode)
     try:
         return os.open(path, _DIRECTORY)
     except OSError as exc:
         raise _unsafe(exc, path, "not a directory") from exc
 
 
-def _make_directories(path: Path, mode: int) -> None:
+def make_directories(path: str | Path, mode: int = 0o700) -> None:
+    """Create ``path`` and its missing parents, each with ``mode`` (``mkdir -p -m``, which
+    gives the parents the umask's mode instead); existing ones are left as they are."""
+    path = Path(path)
     missing = []
     while not path.exists() and path != path.parent:
         missing.append(path)

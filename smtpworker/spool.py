@@ -192,7 +192,7 @@ class Spool:
         self.tmp = self.directory / "tmp"
         for path in (self.directory, self.tmp):
             if not path.is_dir():
-                path.mkdir(mode=0o700, parents=True, exist_ok=True)
+                safefile.make_directories(path, 0o700)  # the server's home too, if new
                 # Otherwise a power cut could forget the new directory, and with it
                 # every message acknowledged into it.
                 _fsync_dir(path.parent)

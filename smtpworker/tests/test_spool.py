@@ -451,13 +451,13 @@ def test_a_queue_directory_swapped_for_a_link_is_refused(tmp_path: Path, linked:
     # Whoever may write to the server's home must not redirect acknowledged mail elsewhere.
     spool = Spool(tmp_path / "Queue")
     elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
+    (elsewhere / "tmp").mkdir(parents=True)  # shaped like a queue, to take the message
     (tmp_path / linked).rename(tmp_path / "moved")
     (tmp_path / linked).symlink_to(elsewhere)
     envelope = make_envelope(b"data")
     with pytest.raises(SpoolError, match=f"cannot spool {envelope.queue_id}: .*link"):
         spool.store(envelope, b"data")
-    assert os.listdir(elsewhere) == []
+    assert all_files(elsewhere) == []
 
 
 def test_a_link_planted_under_a_queue_name_is_never_written_nor_read(tmp_path: Path) -> None:
@@ -476,3 +476,9 @@ def test_a_link_planted_under_a_queue_name_is_never_written_nor_read(tmp_path: P
     (spool.directory / f"{other.queue_id}.eml").symlink_to(secret)
     with pytest.raises(ValueError, match="symbolic link"):
         spool.load(other.queue_id)
+
+
+def test_a_new_queue_and_its_new_parents_are_private(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "home" / "Queue")
+    for path in (tmp_path / "home", spool.directory, spool.tmp):
+        assert path.stat().st_mode & 0o777 == 0o700, path
