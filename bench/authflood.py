@@ -28,6 +28,7 @@ import base64
 import contextlib
 import json
 import os
+import resource
 import secrets
 import signal
 import socket
@@ -165,6 +166,12 @@ async def flood(port: int, parallel: int, sources: int, seconds: float) -> dict[
 # --- the probe (threads of this process) ----------------------------------------------------
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all its threads (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def probe_once(port: int) -> bool:
     with socket.create_connection((HOST, port), 10, source_address=(PROBE_SOURCE, 0)) as sock:
         file = sock.makefile("rb")
@@ -229,12 +236,15 @@ def run_scenario(
     idle: list[float] = []
     flooded: list[float] = []
     replies: Counter[str] = Counter()
+    cpu = {"idle": 0.0, "flooded": 0.0, "generator": 0.0}
     try:
         assert node.stdout is not None and node.stdout.readline().strip() == b"ready"
         # Idle and flooded in turns, so that the other load of a shared machine falls on
         # both alike; the medians are compared.
         for _round in range(args.rounds):
+            began = cpu_seconds(node.pid)
             idle.append(probe(port, args.probes, args.seconds))
+            cpu["idle"] += cpu_seconds(node.pid) - began
             flood_seconds = args.seconds + 2
             guessers = subprocess.Popen(
                 [*me, "--flood", str(port), str(args.parallel), str(scenario.sources)]
@@ -242,9 +252,13 @@ def run_scenario(
                 stdout=subprocess.PIPE,
             )
             time.sleep(1.0)  # let the flood build up
+            began = cpu_seconds(node.pid)
             flooded.append(probe(port, args.probes, args.seconds))
+            cpu["flooded"] += cpu_seconds(node.pid) - began
             out, _ = guessers.communicate(timeout=flood_seconds + 30)
-            replies.update(json.loads(out))
+            report = json.loads(out)
+            replies.update(report["replies"])
+            cpu["generator"] += report["cpu"] / flood_seconds * args.seconds
     finally:
         node.send_signal(signal.SIGTERM)
         try:
@@ -252,7 +266,9 @@ def run_scenario(
         except subprocess.TimeoutExpired:
             node.kill()
             node.wait()
+    spent = args.rounds * args.seconds
     return {
+        "cpu": {k: v / spent for k, v in cpu.items()},
         "idle": statistics.median(idle),
         "flooded": statistics.median(flooded),
         "replies": dict(replies),
@@ -276,7 +292,8 @@ def main() -> None:
     if args.flood:
         port, parallel, sources, seconds = args.flood
         counts = asyncio.run(flood(int(port), int(parallel), int(sources), float(seconds)))
-        print(json.dumps(counts))
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        print(json.dumps({"replies": counts, "cpu": usage.ru_utime + usage.ru_stime}))
         return
     run(args)
 
@@ -308,17 +325,25 @@ def print_table(rows: list[tuple[Scenario, dict[str, Any]]], args: argparse.Name
         f" turns of {args.seconds:g} s idle and {args.seconds:g} s flooded"
         f" (cpus: {os.cpu_count()}, load average at the end: {os.getloadavg()[0]:.1f})\n"
     )
-    head = f"{'scenario':<56} {'idle msg/s':>10} {'flooded':>9} {'ratio':>6}  AUTH replies"
+    head = (
+        f"{'scenario':<56} {'idle msg/s':>10} {'flooded':>9} {'ratio':>6}"
+        f" {'node cpu idle/flooded':>22} {'flooder cpu':>11}  AUTH replies"
+    )
     print(head)
     print("-" * (len(head) + 24))
     for scenario, result in rows:
         ratio = result["flooded"] / result["idle"] if result["idle"] else 0.0
         replies = ", ".join(f"{k} x{v}" for k, v in sorted(result["replies"].items()))
+        cpu = result["cpu"]
         print(
             f"{scenario.name:<56} {result['idle']:>10.1f} {result['flooded']:>9.1f}"
-            f" {ratio:>6.2f}  {replies}"
+            f" {ratio:>6.2f} {cpu['idle']:>10.0%} / {cpu['flooded']:<9.0%}"
+            f" {cpu['generator']:>11.0%}  {replies}"
         )
-    print("\nTarget: ratio >= 0.80 (the flooded accept rate within 20 % of idle).")
+    print(
+        "\nTarget: ratio >= 0.80 (the flooded accept rate within 20 % of idle). CPU: of one"
+        " core, the node's process (all threads) and the flood generator's, while probing."
+    )
 
 
 if __name__ == "__main__":
