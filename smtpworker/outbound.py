@@ -167,6 +167,15 @@ def _verified_context(ca_pem: str) -> ssl.SSLContext:
     return context  # check_hostname and CERT_REQUIRED are the defaults
 
 
+def _check_server_name(name: str) -> None:
+    """Raise ValueError for a name the ssl module would refuse. It refuses it only once the
+    socket is inside an SSLSocket that nobody then holds (an unclosed socket), so ask first:
+    an MX host from DNS may have a label IDNA cannot encode (63 escaped octets)."""
+    if not name or name.startswith("."):
+        raise ValueError("an empty name or one with a leading dot")
+    name.encode("idna")  # UnicodeError, a ValueError, for a label over 63 characters
+
+
 class _Client(smtplib.SMTP):
     def wrap_tls(self, context: ssl.SSLContext, server_hostname: str) -> None:
         """The socket half of STARTTLS, after the 220. smtplib's own starttls() would
@@ -174,6 +183,7 @@ class _Client(smtplib.SMTP):
         A failure closes the socket: nothing more may go over it in clear."""
         assert self.sock is not None
         try:
+            _check_server_name(server_hostname)
             self.sock = context.wrap_socket(self.sock, server_hostname=server_hostname)
         except BaseException:
             self.close()
@@ -328,6 +338,12 @@ class Connection:
             level = "verified " if self.security.tls == "verified" else ""
             failure = f"4.7.5 {level}TLS handshake with {self.peer} failed: {detail}"
             raise _TlsFailed(failure, detail) from exc
+        except ValueError as exc:  # after SSLError: a CertificateError is a ValueError too
+            # The ssl module refuses a name IDNA cannot encode (an MX host from DNS with a
+            # label of 63 escaped octets): no certificate can match it, so the handshake is
+            # failed like any other, never a crash that leaves the message retried for ever.
+            detail = f"{self.target.verify_name!r} cannot be a TLS server name ({exc})"
+            raise _TlsFailed(f"4.7.5 TLS with {self.peer} failed: {detail}", detail) from exc
         self.tls = True
         self._hello(smtp)
 
