@@ -124,9 +124,9 @@ def _complete(
     failed = [r for r in recipients if r.state == RecipientState.FAILED]
     if failed:
         if message.is_report:
-            badmail(
-                message, data, "the delivery report could not be delivered: " + failed[0].last_reply
-            )
+            reason = "the delivery report could not be delivered: " + failed[0].last_reply
+            if not _report_to_badmail(message, data, reason):
+                return "retry"
         else:
             notify(message, cfg, data, failed, kind="failure", now=now)
         finish(message, MessageState.BOUNCED, failed[0].last_reply)
@@ -135,6 +135,25 @@ def _complete(
     finish(message, MessageState.DELIVERED, "")
     counts["delivered"] += 1
     return "delivered"
+
+
+def _report_to_badmail(message: Message, data: bytes, reason: str) -> bool:
+    """:func:`badmail`; False if Badmail/ cannot take it (a link, a full disk): then the
+    report stays queued with the reason and is tried again in 15 minutes, never finished
+    without its copy, and the rest of the run goes on."""
+    try:
+        badmail(message, data, reason)
+    except OSError as exc:
+        why = f"cannot write to Badmail: {exc}"
+        log.error("%s: %s: %s", message.server_name, message.queue_id, why)
+        Message.objects.filter(pk=message.pk).update(
+            state=MessageState.RETRY,
+            lease_until=None,
+            last_error=fit(Message, "last_error", why),
+            next_attempt_at=timezone.now() + delivery_minutes(15),
+        )
+        return False
+    return True
 
 
 def finish(message: Message, state: str, reason: str) -> None:

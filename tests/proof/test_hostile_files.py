@@ -144,13 +144,17 @@ def test_a_badmail_directory_that_is_a_link_is_refused(
     ndr = failed_ndr(api, sink)
     elsewhere = tmp_path / "site-packages"
     swap_for_link(mailroot / "Relay" / "Badmail", elsewhere)
-    with pytest.raises(OSError, match="link"):
-        run(ndr)
+    assert run(ndr) == "retry"
     assert list(elsewhere.iterdir()) == []
-    # Not lost: the report is still open and in the spool, for when Badmail/ is fixed.
+    # Not lost: the report waits in the queue with the reason, for when Badmail/ is fixed.
     message = Message.objects.get(queue_id=ndr)
-    assert message.state != MessageState.BOUNCED
+    assert message.state == MessageState.RETRY
+    assert message.last_error.startswith("cannot write to Badmail: ")
+    assert "link" in message.last_error
     assert ndr in Spool(mailroot / "Relay" / "Queue").ids()
+    (mailroot / "Relay" / "Badmail").unlink()
+    assert run(ndr) == "bounced"
+    assert (mailroot / "Relay" / "Badmail" / f"{ndr}.BAD").is_file()
 
 
 def pickup_box(root: Path) -> tuple[Path, Path, Spool]:
