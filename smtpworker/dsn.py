@@ -10,7 +10,8 @@ The report has three parts:
 1. ``text/plain``: the explanation for people, worded like an IIS / Exchange NDR;
 2. ``message/delivery-status``: the machine-readable fields (RFC 3464 section 2);
 3. ``text/rfc822-headers``: the original header section (the default), or
-   ``message/rfc822`` with the whole original message.
+   ``message/rfc822`` with the whole original message; either at most :data:`QUOTE_LIMIT`
+   octets (64 KiB), so a hostile original costs bounded, linear work and a small report.
 
 Callers must ask :func:`should_notify` first: a message from the null sender, or one that
 is itself an automatic report, gets no notification, and :func:`build_report` refuses the
@@ -184,7 +185,8 @@ def should_notify(envelope_sender: str, original: bytes) -> bool:
     automatic, so that a notification is never answered by another one: an
     ``Auto-Submitted`` header with any value but ``no`` (RFC 3834), or a top-level
     ``Content-Type: multipart/report`` with ``report-type`` ``delivery-status`` or
-    ``global-delivery-status``. Only the header section of ``original`` is read.
+    ``global-delivery-status``. Only the header section of ``original`` is read, and of
+    that only the first :data:`QUOTE_LIMIT` octets (what a report would quote).
     """
     if envelope_sender.strip() in ("", "<>"):
         return False
@@ -244,7 +246,10 @@ def build_report(
     well-formed ``Message-ID``, ``In-Reply-To`` / ``References`` to it. The third part is
     the original header section (``headers_only=True``) or the whole original as
     ``message/rfc822``; an original that cannot be carried intact that way (a line over
-    998 octets, or NUL octets) falls back to its header section.
+    998 octets, or NUL octets) or is larger than :data:`QUOTE_LIMIT` falls back to its
+    header section. The header section quoted is at most QUOTE_LIMIT octets, whole fields
+    only (the text part then says it was shortened), and the original Subject shown is at
+    most 256 characters. The work done is linear in the part of ``original`` read.
 
     Raises ValueError, before doing anything else, for the null sender ``""`` (a DSN must
     never be sent to ``<>``; callers check :func:`should_notify` first), and for no
