@@ -535,7 +535,8 @@ class WorkerViewSet(viewsets.ViewSet):
                 "node": s.get("node", ""),
                 "applied_version": s.get("applied_version", 0),
                 "latest_version": latest,
-                "behind": s.get("applied_version", 0) < latest,
+                # Not "<": a node running another database's higher number is out of step too.
+                "behind": s.get("applied_version", 0) != latest,
                 "heartbeat": s.get("heartbeat", 0),
                 "stale": s["stale"],
                 "config_error": s.get("config_error", ""),

@@ -122,7 +122,8 @@ def dashboard_data() -> dict[str, Any]:
         {
             "node": s.get("node", "?"),
             "applied_version": s.get("applied_version", 0),
-            "behind": int(s.get("applied_version") or 0) < latest,
+            # Not "<": a node running another database's higher number is out of step too.
+            "behind": int(s.get("applied_version") or 0) != latest,
             "heartbeat_age": max(0, round(now - float(s.get("heartbeat", 0)))),
             "stale": s["stale"],
             "config_error": s.get("config_error", ""),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import smtplib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -384,3 +385,18 @@ def test_the_schema_documents_etag_and_if_match(api: APIClient) -> None:
     assert "412" in operations["put"]["responses"]
     assert "ETag" in operations["get"]["responses"]["200"]["headers"]
     assert "ETag" in operations["put"]["responses"]["200"]["headers"]
+
+
+@pytest.mark.django_db
+def test_a_node_running_another_databases_higher_version_is_behind(
+    api: APIClient, test_redis: str
+) -> None:
+    version = put(document(free_port(HOST), "password-A"))
+    client = redis.Redis.from_url(test_redis)
+    for node, applied in (("same", version), ("foreign", version + 5)):
+        status = {"node": node, "applied_version": applied, "heartbeat": time.time()}
+        client.set(f"mailadmin:worker:{node}", json.dumps(status | {"servers": {}}))
+    client.close()
+    workers = {w["node"]: w for w in api.get("/api/v1/workers/").json()}
+    assert not workers["same"]["behind"]
+    assert workers["foreign"]["behind"]
