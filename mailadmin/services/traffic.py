@@ -63,6 +63,9 @@ REASONS = (
     ("rejected_data_5.3.4", "message too big"),
     ("rejected_data_5.4.6", "too many hops"),
     ("auth_failures", "authentication failed"),
+    # The AUTH brake: a blocked client's AUTH, or too many checks in progress (454).
+    ("auth_braked", "authentication blocked"),
+    ("auth_busy", "authentication busy"),
     # PROXY protocol bindings: a sender that is not a trusted proxy, or a bad header.
     ("rejected_proxy_untrusted", "untrusted proxy"),
     ("rejected_proxy_header", "bad PROXY header"),

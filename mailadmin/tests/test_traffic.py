@@ -31,6 +31,16 @@ def test_proxy_refusals_have_their_own_reasons() -> None:
     assert row.rejected == {"untrusted proxy": 2, "bad PROXY header": 1, "other": 4}
 
 
+def test_auth_brake_refusals_have_their_own_reasons() -> None:
+    traffic_collect([status(1, auth_failures=10, auth_braked=7, auth_busy=3)], {})
+    row = TrafficCounter.objects.get(server_name="Relay")
+    assert row.rejected == {
+        "authentication failed": 10,
+        "authentication blocked": 7,
+        "authentication busy": 3,
+    }
+
+
 def test_the_api_sums_per_minute_and_per_hour(api: APIClient) -> None:
     traffic_add("Relay", accepted=3, delivered=2)
     traffic_add("Relay", deferred=1)
