@@ -356,29 +356,29 @@ def _version_headers(version: int) -> dict[str, str]:
     return {"ETag": f'"{version}"', "X-Config-Version": str(version)}
 
 
+def _header_error(exc: ValueError) -> dict[str, str]:
+    return {"path": "If-Match", "message": str(exc)}
+
+
 def _if_match(request: Request) -> tuple[int, ...] | None:
     """The versions an If-Match header accepts; None when it sets no condition.
 
     Strong comparison, as RFC 9110 requires for If-Match: a weak tag matches nothing.
-    A header that is not a list of entity tags is refused with 400.
+    Raise ValueError for a header that is not a list of entity tags.
     """
     header = request.headers.get("If-Match")
     if header is None or header.strip() == "*":
         return None
     versions: list[int] = []
     position = 0
-    while position < len(header):
+    while position < len(header) or position == 0:
         match = _ENTITY_TAG.match(header, position)
         if match is None or match.end() == position:
-            raise serializers.ValidationError(
-                {"If-Match": ['Give the ETag of GET /api/v1/config/, quoted: If-Match: "7".']}
-            )
+            raise ValueError('If-Match must be the ETag of GET /api/v1/config/, quoted: "7".')
         weak, tag = match.group(1), match.group(2)
         if not weak and tag.isascii() and tag.isdigit() and len(tag) < 19:
             versions.append(int(tag))
         position = match.end()
-    if not versions and not header.strip():
-        raise serializers.ValidationError({"If-Match": ["The header is empty."]})
     return tuple(versions)
 
 
@@ -420,7 +420,13 @@ class ConfigDocumentView(APIView):
         version is still in force, else 412 and nothing changes: two administrators cannot
         silently overwrite each other's edits.
         """
-        if_match = _if_match(request)
+        try:
+            if_match = _if_match(request)
+        except ValueError as exc:  # the document's error shape, at the header's name
+            return Response(
+                {"detail": f"{exc} Nothing was changed.", "errors": [_header_error(exc)]},
+                status=status.HTTP_400_BAD_REQUEST,
+            )
         try:
             result = configdoc.document_import(
                 request.data, author=_author(request), if_match=if_match
