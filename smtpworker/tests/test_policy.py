@@ -249,6 +249,20 @@ def test_connection_limit(limit: int | None, active: int, code: int) -> None:
         assert f"connection limit ({limit})" in decision.rule
 
 
+@pytest.mark.parametrize(
+    ("limit", "mine", "code"), [(50, 49, 220), (50, 50, 421), (None, 10_000, 220)]
+)
+def test_client_connection_limit(limit: int | None, mine: int, code: int) -> None:
+    cfg = make_server(client_connection_limit=limit)
+    decision = policy.check_connect(cfg, ANON, active_connections=mine, client_connections=mine)
+    assert decision.code == code
+    if code == 421:
+        assert decision.reply == (
+            "421 4.7.0 mail.local.test Too many connections from your address, try later"
+        )
+        assert "client connection limit (50)" in decision.rule
+
+
 def test_connection_control_decides_before_the_limit() -> None:
     cfg = make_server(connection_limit=1, connection=connection("only_list"))
     assert connect(cfg, ANON, 5).code == 554
