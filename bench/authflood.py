@@ -27,6 +27,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
 import os
 import resource
 import secrets
@@ -98,6 +99,8 @@ async def serve(site_file: Path, mailroot: Path, redis_url: str, legacy: bool) -
     from smtpworker.runtime import Node, NodeOptions
     from smtpworker.secretbox import SecretBox
 
+    # The node's warning per new block (one per flood address) would bury the table.
+    logging.getLogger("smtpworker").setLevel(logging.ERROR)
     executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="smtp-io")
     verifier = VerifyPool()
     if legacy:
