@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
 
 NULL_MESSAGE = "Null characters are not allowed."
@@ -41,3 +42,24 @@ class NullCharactersMiddleware:
         return HttpResponseBadRequest(
             f"{NULL_MESSAGE} (in {', '.join(sorted(bad))})", content_type="text/plain"
         )
+
+
+class BrowserSecurityMiddleware:
+    """What browsers are told on every answer: the Content-Security-Policy of
+    ``MAILADMIN_CONTENT_SECURITY_POLICY`` (unless a view set its own), and on an answer to
+    an HTTPS request the Secure flag on the session and CSRF cookies, so they are never
+    sent over plain HTTP (HSTS comes from Django's SecurityMiddleware, for HTTPS only)."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        policy = settings.MAILADMIN_CONTENT_SECURITY_POLICY
+        if policy and "Content-Security-Policy" not in response:
+            response["Content-Security-Policy"] = policy
+        if request.is_secure():
+            for name in (settings.SESSION_COOKIE_NAME, settings.CSRF_COOKIE_NAME):
+                if name in response.cookies:
+                    response.cookies[name]["secure"] = True
+        return response

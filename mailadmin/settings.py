@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -89,11 +90,14 @@ INSTALLED_APPS = [
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "axes",
     "mailadmin",
 ]
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Above the session and CSRF middleware: it sees the cookies they set on the way out.
+    "mailadmin.middleware.BrowserSecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -102,6 +106,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last: it turns a login that axes refused into the lockout answer.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "mailadmin.urls"
@@ -177,6 +183,63 @@ LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/accounts/login/"
 
 REDIS_URL = envstr("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+# -- Browsers: HTTPS, cookies, Content-Security-Policy --------------------------------
+# Behind a reverse proxy that terminates TLS, name the header it sets to the original
+# scheme (e.g. X-Forwarded-Proto); only then is a request taken as HTTPS on its word. Set
+# it only behind a proxy that overwrites the header: a client could send it too.
+_PROXY_SSL_HEADER = envstr("MAILADMIN_PROXY_SSL_HEADER", "").strip()
+if _PROXY_SSL_HEADER:
+    SECURE_PROXY_SSL_HEADER = (
+        "HTTP_" + _PROXY_SSL_HEADER.upper().replace("-", "_"),
+        "https",
+    )
+# The client address for login rate limits: REMOTE_ADDR, or behind such a proxy the last
+# address of this header (the one the proxy added, e.g. X-Forwarded-For).
+MAILADMIN_PROXY_CLIENT_HEADER = envstr("MAILADMIN_PROXY_CLIENT_HEADER", "").strip()
+# Sent on HTTPS answers only (SecurityMiddleware); 0 turns it off.
+SECURE_HSTS_SECONDS = envint("MAILADMIN_HSTS_SECONDS", "31536000")
+# The session and CSRF cookies get the Secure flag on answers to HTTPS requests
+# (mailadmin.middleware.BrowserSecurityMiddleware), so `make run` over plain HTTP on
+# loopback still works; true: always.
+MAILADMIN_SECURE_COOKIES = envbool("MAILADMIN_SECURE_COOKIES", "false")
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = MAILADMIN_SECURE_COOKIES
+# Every answer's Content-Security-Policy: the console's pages, the admin and the API docs
+# load scripts, styles and images from this site only, and run no inline code.
+MAILADMIN_CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "font-src 'self'; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
+
+# -- Login rate limits (django-axes), counted in Redis for every web process ----------
+# Failed logins on the console's login page, /admin/ and POST /api/v1/token/ are counted
+# per client address and, separately, per account; at the limit, that address or account
+# is refused for the cool-off time (429, the form says so), counted from its last failure.
+# `manage.py axes_reset_username NAME` / `axes_reset_ip ADDRESS` lift a lock early.
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    "axes": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "mailadmin:axes",
+    },
+}
+AUTHENTICATION_BACKENDS = [
+    "mailadmin.lockout.LoginLimitBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_HANDLER = "axes.handlers.cache.AxesCacheHandler"
+AXES_CACHE = "axes"
+AXES_FAILURE_LIMIT = envint("MAILADMIN_LOGIN_FAILURE_LIMIT", "5")
+AXES_COOLOFF_TIME = timedelta(minutes=envint("MAILADMIN_LOGIN_COOLOFF_MINUTES", "15"))
+AXES_LOCKOUT_PARAMETERS = ["ip_address", "username"]
+# Guesses while locked out do not extend the lock: its end stays predictable.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "mailadmin.lockout.lockout_response"
+AXES_CLIENT_IP_CALLABLE = "mailadmin.lockout.client_address"
+AXES_USERNAME_FORM_FIELD = "username"
 
 # Celery is only the carrier: messages are acknowledged after the task ran, and a task's
 # hard limit stays well below the broker's visibility time-out so a slow task is never
@@ -290,12 +353,19 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": envstr("LOG_LEVEL", "INFO")},
     # JSON: Django's own handlers (runserver's access lines, the DEBUG console) would write
     # plain lines beside ours, so those loggers go through the root handler alone.
+    # django-axes says at INFO that each successful login cleared nothing; failures and
+    # lockouts are WARNINGs and stay.
     "loggers": {
-        "django": {"handlers": [], "level": "INFO", "propagate": True},
-        "django.server": {"handlers": [], "level": "INFO", "propagate": True},
-    }
-    if LOG_FORMAT == "json"
-    else {},
+        "axes": {"level": "WARNING"},
+        **(
+            {
+                "django": {"handlers": [], "level": "INFO", "propagate": True},
+                "django.server": {"handlers": [], "level": "INFO", "propagate": True},
+            }
+            if LOG_FORMAT == "json"
+            else {}
+        ),
+    },
 }
 
 # /metrics (Prometheus text format). Logged-in operators and administrators may always

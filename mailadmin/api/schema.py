@@ -2,8 +2,8 @@
 
 drf-spectacular documents only the success response. A client (and schemathesis) also
 meets 400 (field errors), 401 (no or bad credentials), 403 (an operator writing, a user in
-no group), 404 (no such object, a stale cursor, an unknown ``?format=``) and 415 (a body
-in a media type the operation does not take); each is
+no group), 404 (no such object, a stale cursor, an unknown ``?format=``), 415 (a body
+in a media type the operation does not take) and, for the token, 429 (locked out); each is
 documented here with the body DRF sends, so that every response the API gives matches its
 schema.
 """
@@ -63,6 +63,13 @@ class ApiSchema(AutoSchema):
             errors["403"] = _response("Not allowed for this user.", _DETAIL, media)
         if "requestBody" in operation:
             errors["415"] = _response("The body's media type is not one listed.", _DETAIL, media)
+        if getattr(self.view, "login_rate_limited", False):
+            errors["429"] = _response(
+                "Too many failed logins for this account or from this address (mailadmin."
+                "lockout); Retry-After gives the seconds until logins are taken again.",
+                _DETAIL,
+                media,
+            )
         if "{" in self.path or query & {"cursor", "format"}:
             errors["404"] = _response(
                 "No such object (or a stale page cursor, or an unknown ?format=).", _DETAIL, media

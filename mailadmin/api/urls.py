@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 from rest_framework.routers import DefaultRouter
 
 from mailadmin.api import queue_views, tracking, views
@@ -13,6 +13,13 @@ class Router(DefaultRouter):
     # No ".json" suffix routes: the API takes ?format= (and Accept). DRF passes a suffix to
     # the view as a format= keyword, which the actions and plain ViewSets do not take (500).
     include_format_suffixes = False
+
+
+class ApiDocsView(SpectacularSwaggerSplitView):
+    """Swagger UI with its start-up script served as a file of its own (``?script``) and
+    no inline style, so the console's Content-Security-Policy holds on it too."""
+
+    template_name = "mailadmin/api_docs.html"
 
 
 router = Router()
@@ -32,5 +39,5 @@ urlpatterns = [
     path("config/version/", views.ConfigVersionView.as_view(), name="config-version"),
     path("token/", views.TokenView.as_view(), name="token"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    path("docs/", ApiDocsView.as_view(url_name="schema"), name="docs"),
 ]

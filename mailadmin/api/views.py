@@ -13,6 +13,7 @@ from drf_spectacular.utils import (
     extend_schema,
     inline_serializer,
 )
+from rest_framework import exceptions as drf_exceptions
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.authtoken.models import Token
 from rest_framework.authtoken.serializers import AuthTokenSerializer
@@ -46,6 +47,7 @@ from mailadmin.api.serializers import (
 )
 from mailadmin.api.yaml import YAMLParser, YAMLRenderer
 from mailadmin.exceptions import ConfigError, flatten_drf_errors
+from mailadmin.lockout import LOCKED_STATUS, cooloff_seconds, lockout_message
 from mailadmin.models import ConfigSnapshot, Domain, ServerState, SmtpUser, VirtualServer
 from mailadmin.relaytest import relay_test
 from mailadmin.selectors import auth_blocks, sessions_list, worker_statuses
@@ -486,10 +488,21 @@ class TokenView(APIView):
 
     permission_classes = [AllowAny]
     authentication_classes: list[type] = []
+    # Failed attempts count towards the login limits (mailadmin.lockout); 429 when reached.
+    login_rate_limited = True
 
     def post(self, request: Request) -> Response:
         serializer = AuthTokenSerializer(data=request.data, context={"request": request})
-        serializer.is_valid(raise_exception=True)
+        valid = serializer.is_valid()
+        # axes marks the request it was given (DRF's, not Django's) when it refused.
+        if getattr(request, "axes_locked_out", False):
+            return Response(
+                {"detail": lockout_message()},
+                status=LOCKED_STATUS,
+                headers={"Retry-After": str(cooloff_seconds())},
+            )
+        if not valid:
+            raise drf_exceptions.ValidationError(serializer.errors)
         token, _created = Token.objects.get_or_create(user=serializer.validated_data["user"])
         return Response({"token": token.key})
 

@@ -96,9 +96,13 @@ def shape() -> dict[str, Any]:
     rows.sort(key=lambda r: (-r["total"], str(r["next_hop"])))
     biggest = max((r["total"] for r in rows), default=0) or 1
     for row in rows:
-        row["segments"] = [
-            (key, label, row[key], f"{100 * row[key] / biggest:.2f}") for key, label in AGE_BUCKETS
-        ]
+        # (key, label, count, width %, left edge %): SVG rectangles, as the page's
+        # Content-Security-Policy allows no style attributes.
+        row["segments"], left = [], 0.0
+        for key, label in AGE_BUCKETS:
+            width = 100 * row[key] / biggest
+            row["segments"].append((key, label, row[key], f"{width:.2f}", f"{left:.2f}"))
+            left += width
     return {"rows": rows[:SHAPE_ROWS], "more": max(0, len(rows) - SHAPE_ROWS)}
 
 
