@@ -20,6 +20,7 @@ class ApiDocsView(SpectacularSwaggerSplitView):
     no inline style, so the console's Content-Security-Policy holds on it too."""
 
     template_name = "mailadmin/api_docs.html"
+    schema = None  # a page, not an API operation: left out of the schema, as its parent is
 
 
 router = Router()
