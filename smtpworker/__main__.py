@@ -441,7 +441,6 @@ def usable_cpus() -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     encryption_key()  # refuse to start without a usable key, before anything is bound
-    encryption_key()  # refuse to start without a usable key, before anything is bound
     configure_logging(args.log_level, args.log_format, node=args.node)
     # aiosmtpd logs every connection and command at INFO; our own logs say what matters.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
