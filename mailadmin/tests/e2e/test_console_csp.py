@@ -56,7 +56,9 @@ def test_every_console_page_passes_the_content_security_policy(
     page: Page, live_server: Any, corp_relay: tuple[APIClient, int]
 ) -> None:
     api, server_id = corp_relay
-    domain = api.post(f"/api/v1/servers/{server_id}/domains/", {"name": "branch.example.com"})
+    domain = api.post(
+        "/api/v1/domains/", {"server": server_id, "name": "branch.example.com"}, format="json"
+    )
     queued = [spool_mail(n, "ann@corp.example.com", f"bob{n}@example.net", "Hi") for n in range(3)]
     received_ago(queued[0], 90)  # a second age bucket: the queue shape draws two segments
     base = live_server.url
@@ -88,8 +90,8 @@ def test_every_console_page_passes_the_content_security_policy(
         f"/queues/messages/{queued[0]}/", "/tracking/", f"/tracking/{queued[0]}/",
         "/audit/", "/config/", "/servers/new/", "/admin/",
     ]  # fmt: skip
-    if domain.status_code == 201:
-        pages.append(f"/domains/{domain.json()['id']}/")
+    assert domain.status_code == 201, domain.content
+    pages.append(f"/domains/{domain.json()['id']}/")
     for path in pages:
         seen.visit(f"{base}{path}")
     seen.visit(f"{base}/dashboard/")
