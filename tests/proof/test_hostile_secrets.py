@@ -228,6 +228,44 @@ def test_make_run_starts_every_process_with_generated_keys(tmp_path: Path) -> No
 
 # -- an install from before: secrets sealed under the public key ----------------------
 
+OLD_INSTALL = """
+from mailadmin.models import VirtualServer
+from smtpworker.secretbox import SecretBox, PUBLIC_DEVELOPMENT_KEY
+for name, key in (("Old", PUBLIC_DEVELOPMENT_KEY), ("Lost", "a key nobody has any more")):
+    pk = VirtualServer.objects.create(name=name).pk
+    VirtualServer.objects.filter(pk=pk).update(outbound_password=SecretBox(key).seal(name))
+"""
+READ_BACK = """
+from mailadmin.models import VirtualServer
+from mailadmin.services.secrets import secret_open
+print(secret_open(VirtualServer.objects.get(name="Old").outbound_password))
+"""
+
+
+def test_make_run_reseals_an_old_install_and_starts_anyway(
+    bin_run: ModuleType, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """An install from before generated keys: its database holds a smart-host password
+    sealed under the public key and one sealed under a key that is lost. make run's start
+    re-seals the first under the new key, names the second, and starts anyway."""
+    data = tmp_path / "var"
+    data.mkdir()
+    redis_base = os.environ["REDIS_URL"].rsplit("/", 1)[0]
+    env = keyless_env(tmp_path, STATIC_ROOT=str(tmp_path / "static"), REDIS_URL=f"{redis_base}/12")
+    env.update(bin_run.ensure_keys(data))
+    assert run(["manage.py", "migrate", "--noinput", "-v0"], env).returncode == 0
+    assert run(["manage.py", "shell", "-c", OLD_INSTALL], env).returncode == 0
+
+    console = bin_run.Console([bin_run.SYSTEM])
+    assert bin_run.prepare(env, console) is None  # nothing stops the start
+    said = capfd.readouterr()
+    output = said.out + said.err
+    assert "Re-sealed 1 stored secret(s)" in output, output
+    assert "VirtualServer 2 outbound_password" in output, output
+    assert "starting anyway" in output, output
+    opened = run(["manage.py", "shell", "-c", READ_BACK], env)
+    assert opened.stdout.strip().splitlines()[-1] == "Old", opened.stderr
+
 
 @pytest.mark.django_db
 def test_an_old_installs_secrets_are_resealed_not_lost() -> None:
