@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import socket
 from dataclasses import replace
@@ -25,6 +26,7 @@ from smtpworker.config import (
     TlsConfig,
     UserConfig,
 )
+from smtpworker.configmac import body_key, sign
 from smtpworker.grammar import parse_access_entry, parse_binding
 from smtpworker.secretbox import SecretBox
 
@@ -132,3 +134,9 @@ def site(
     *servers: ServerConfig, users: tuple[UserConfig, ...] = (), version: int = 1
 ) -> SiteConfig:
     return SiteConfig(schema=SCHEMA, version=version, servers=servers, users=users)
+
+
+def published(body: str) -> bytes:
+    """``body`` (a :func:`~smtpworker.config.dump_site` text) as the web side publishes it:
+    signed with the session's ``MAILADMIN_ENCRYPTION_KEY``, which worker processes inherit."""
+    return sign(body_key(os.environ["MAILADMIN_ENCRYPTION_KEY"]), body.encode())

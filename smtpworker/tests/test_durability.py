@@ -23,7 +23,7 @@ import redis
 
 from smtpworker.config import dump_site
 from smtpworker.spool import Spool
-from smtpworker.tests.factories import free_port, server, site
+from smtpworker.tests.factories import free_port, published, server, site
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -97,7 +97,7 @@ def sender(port: int, acked: list[tuple[str, bytes]], stop: threading.Event, tag
 def test_no_acknowledged_message_is_lost_to_kill_9(redis_url: str, tmp_path: Path) -> None:
     port = free_port()
     cfg = server("Test", f"127.0.0.1:{port}", messages={"max_messages_per_connection": None})
-    redis.Redis.from_url(redis_url).set("mailadmin:config:body", dump_site(site(cfg)))
+    redis.Redis.from_url(redis_url).set("mailadmin:config:body", published(dump_site(site(cfg))))
     acked: list[tuple[str, bytes]] = []
     stop = threading.Event()
     threads = [threading.Thread(target=sender, args=(port, acked, stop, f"t{i}")) for i in range(6)]

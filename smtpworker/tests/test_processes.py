@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from smtpworker.config import dump_site
-from smtpworker.tests.factories import free_port, server, site
+from smtpworker.tests.factories import free_port, published, server, site
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -46,7 +46,7 @@ def test_two_processes_share_the_port_and_stop_together(redis_url: str, tmp_path
     port = free_port()
     cfg = server("Test", f"127.0.0.1:{port}", messages={"max_messages_per_connection": None})
     client = redis.Redis.from_url(redis_url)
-    client.set("mailadmin:config:body", dump_site(site(cfg)))
+    client.set("mailadmin:config:body", published(dump_site(site(cfg))))
     proc = subprocess.Popen(
         [
             sys.executable,
