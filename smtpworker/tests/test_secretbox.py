@@ -6,7 +6,13 @@ import sys
 
 import pytest
 
-from smtpworker.secretbox import SecretBox, SecretBoxError, is_sealed
+from smtpworker.secretbox import (
+    PUBLIC_DEVELOPMENT_KEY,
+    SecretBox,
+    SecretBoxError,
+    is_sealed,
+    key_problem,
+)
 
 KEY = "0Ys0jQm7Sx8w2dQ7m6n4ZCkqB1c7r2v3W9oXy5tLh0U"
 WRONG_KEY_MESSAGE = (
@@ -107,3 +113,21 @@ def test_it_still_opens_secrets_sealed_by_earlier_releases() -> None:
         "cWMCIM2eHCVZSgPX2iyXg=="
     )
     assert SecretBox(KEY).open(sealed) == "stored by v1"
+
+
+@pytest.mark.parametrize(
+    ("key", "says"),
+    [
+        ("", "is not set"),
+        ("   \n", "is not set"),
+        (PUBLIC_DEVELOPMENT_KEY, "is the public development key"),
+        (f" {PUBLIC_DEVELOPMENT_KEY}\n", "is the public development key"),
+    ],
+)
+def test_key_problem_refuses_a_missing_or_public_key(key: str, says: str) -> None:
+    problem = key_problem("MAILADMIN_ENCRYPTION_KEY", key)
+    assert problem is not None and problem.startswith(f"MAILADMIN_ENCRYPTION_KEY {says}")
+
+
+def test_key_problem_accepts_a_key_of_ones_own() -> None:
+    assert key_problem("SECRET_KEY", KEY) is None
