@@ -472,3 +472,15 @@ def test_a_forwarded_scheme_counts_only_behind_a_configured_proxy(
     proxied = Client().get("/accounts/login/", HTTP_X_FORWARDED_PROTO="https")
     assert "Strict-Transport-Security" in proxied
     assert proxied.cookies["csrftoken"]["secure"] is True
+
+
+def test_an_administrator_can_lift_a_lock_early(limited: None, root: User) -> None:
+    guesser = Client(REMOTE_ADDR="192.0.2.7")
+    for _ in range(LIMIT):
+        console_login(guesser, "wrong")
+    assert console_login(Client(REMOTE_ADDR="198.51.100.9"), "root-password").status_code == 429
+    call_command("axes_reset_username", "root")
+    assert console_login(Client(REMOTE_ADDR="198.51.100.9"), "root-password").status_code == 302
+    assert console_login(guesser, "root-password").status_code == 429  # the address still is
+    call_command("axes_reset_ip", "192.0.2.7")
+    assert console_login(guesser, "root-password").status_code == 302
