@@ -145,7 +145,8 @@ def worker_metrics(statuses: list[dict[str, Any]], latest: int, now: float) -> I
     )
     behind = GaugeMetricFamily(
         "mailadmin_node_config_behind",
-        "Versions between the latest configuration and the one the node runs",
+        "Versions between the latest configuration and the one the node runs "
+        "(1 for a version this database never made)",
         labels=["node"],
     )
     age = GaugeMetricFamily(
@@ -163,7 +164,9 @@ def worker_metrics(statuses: list[dict[str, Any]], latest: int, now: float) -> I
         is_stale = bool(status.get("stale"))
         version = _number(status.get("applied_version"))
         applied.add_metric([node], version)
-        behind.add_metric([node], max(0.0, latest - version))
+        # A number above the latest is another database's (a reinstall, a second checkout
+        # on the same Redis): not in step, though no count of versions says how far.
+        behind.add_metric([node], latest - version if version <= latest else 1.0)
         age.add_metric([node], max(0.0, now - _number(status.get("heartbeat"))))
         stale.add_metric([node], 1.0 if is_stale else 0.0)
         servers = status.get("servers")

@@ -120,6 +120,8 @@ def test_it_exports_the_nodes_reports_and_the_queue(
         heartbeat=now - 60,
         servers={"Relay": {"listening": True, "sessions": 7, "counters": {"accepted": 3}}},
     )
+    # n3 runs a number this database never made (another database's, on the same Redis).
+    report(workers, "n3", applied_version=latest + 5, heartbeat=now - 1, servers={})
     for state in ("queued", "queued", "retry", "suspended"):
         message("Relay", state, age=600)
     message("Elsewhere", "active", age=30)  # a server that no longer exists
@@ -171,6 +173,7 @@ def test_it_exports_the_nodes_reports_and_the_queue(
     assert value(samples, "mailadmin_node_config_version", node="n1") == latest - 1
     assert value(samples, "mailadmin_node_config_behind", node="n1") == 1
     assert value(samples, "mailadmin_node_config_behind", node="n2") == 0
+    assert value(samples, "mailadmin_node_config_behind", node="n3") == 1
     assert value(samples, "mailadmin_config_version") == latest
 
     queue = {
