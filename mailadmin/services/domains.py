@@ -6,9 +6,9 @@ from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 
-from mailadmin.exceptions import ConfigError, from_django_validation_error
+from mailadmin.exceptions import ConfigError, FieldError, from_django_validation_error
 from mailadmin.layout import DOMAIN_FIELD_PATHS, SECRET_FIELDS
-from mailadmin.models import Domain, DomainKind, VirtualServer
+from mailadmin.models import Domain, DomainKind, OutboundTls, VirtualServer
 from mailadmin.services.config import config_transaction
 from mailadmin.services.secrets import secret_replace
 from mailadmin.validators import canonical_domain, canonical_smart_host
@@ -54,24 +54,41 @@ def domain_apply(domain: Domain, data: dict[str, Any]) -> None:
         domain.smart_host = canonical_smart_host(domain.smart_host)
     except grammar.GrammarError:
         pass  # reported by full_clean below
-    if was_default and not domain.is_default:
-        raise ConfigError.at(
-            ("default",), "Make another local domain the default instead; one must stay default."
-        )
-    if domain.kind == DomainKind.LOCAL and domain.name.startswith("*."):
-        raise ConfigError.at(("name",), "A local domain cannot be a wildcard.")
-    if domain.is_default and domain.kind != DomainKind.LOCAL:
-        raise ConfigError.at(("default",), "Only a local domain can be the default domain.")
-    if domain.forward_all_to_smart_host and not domain.smart_host:
-        raise ConfigError.at(
-            ("smart_host",), "Give the smart host that all mail for this domain is forwarded to."
-        )
-    _full_clean(domain)
+    errors = _domain_errors(domain, was_default=was_default)
+    try:
+        _full_clean(domain)
+    except ConfigError as exc:
+        errors += exc.errors
+    if errors:
+        raise ConfigError(errors)
     if domain.is_default:
         Domain.objects.filter(server=domain.server, is_default=True).exclude(pk=domain.pk).update(
             is_default=False
         )
     domain.save()
+
+
+def _domain_errors(domain: Domain, *, was_default: bool) -> list[FieldError]:
+    """The rules across a domain's fields, every one that is broken (not the first only)."""
+    errors = []
+    if was_default and not domain.is_default:
+        message = "Make another local domain the default instead; one must stay default."
+        errors.append(FieldError(("default",), message))
+    if domain.kind == DomainKind.LOCAL and domain.name.startswith("*."):
+        errors.append(FieldError(("name",), "A local domain cannot be a wildcard."))
+    if domain.is_default and domain.kind != DomainKind.LOCAL:
+        errors.append(FieldError(("default",), "Only a local domain can be the default domain."))
+    if domain.forward_all_to_smart_host and not domain.smart_host:
+        message = "Give the smart host that all mail for this domain is forwarded to."
+        errors.append(FieldError(("smart_host",), message))
+    if domain.use_helo and domain.outbound_tls != OutboundTls.OPPORTUNISTIC:
+        # STARTTLS is an ESMTP extension: after HELO there is none, so no mail would leave.
+        message = (
+            "A required TLS level needs EHLO: clear 'Send HELO instead of EHLO' or make "
+            "TLS opportunistic."
+        )
+        errors.append(FieldError(("outbound", "tls"), message))
+    return errors
 
 
 def _full_clean(domain: Domain) -> None:

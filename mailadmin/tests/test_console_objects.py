@@ -46,12 +46,10 @@ def test_it_lists_domains_by_type(client: Client, site: dict[str, VirtualServer]
 
 def test_it_edits_a_remote_domain(client: Client, site: dict[str, VirtualServer]) -> None:
     domain = Domain.objects.get(name="example.com")
-    response = client.post(
-        f"/domains/{domain.pk}/", {**REMOTE, "use_helo": "on", "outbound_tls": "required"}
-    )
+    response = client.post(f"/domains/{domain.pk}/", {**REMOTE, "outbound_tls": "required"})
     assert response.status_code == 302
     domain.refresh_from_db()
-    assert domain.use_helo and domain.outbound_tls == "required" and domain.relay_allowed
+    assert not domain.use_helo and domain.outbound_tls == "required" and domain.relay_allowed
     assert ConfigSnapshot.objects.latest().author == "console:root"
 
 

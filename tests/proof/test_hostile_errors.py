@@ -169,3 +169,31 @@ def test_the_sheet_shows_service_errors_beside_field_errors(admin_user: User) ->
     assert "Line 1" in binding_errors and "'Corp'" in binding_errors
     assert "ndr_copy_to" in tabs["messages"].errors
     assert db_state() == before
+
+
+def test_a_domain_lists_every_broken_rule_and_refuses_helo_with_required_tls(
+    api: APIClient,
+) -> None:
+    server = api.post(
+        "/api/v1/servers/",
+        {"name": "Corp", "default_domain": "corp.test", "bindings": [SHARED]},
+        format="json",
+    ).json()
+    versions = ConfigSnapshot.objects.count()
+    response = api.post(
+        "/api/v1/domains/",
+        {
+            "server": server["id"],
+            "name": "partner.test",
+            "type": "remote",
+            "forward_all_to_smart_host": True,  # but no smart host
+            "use_helo": True,  # STARTTLS needs EHLO: required TLS could never deliver
+            "outbound": {"tls": "required"},
+        },
+        format="json",
+    )
+    assert response.status_code == 400
+    body = response.json()
+    assert "smart host" in body["smart_host"][0]
+    assert "EHLO" in body["outbound"]["tls"][0]
+    assert ConfigSnapshot.objects.count() == versions
