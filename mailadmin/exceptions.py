@@ -54,9 +54,24 @@ class ConfigError(Exception):
             node = detail
             path = error.path or ("non_field_errors",)
             for key in path[:-1]:
-                node = node.setdefault(str(key), {})
-            node.setdefault(str(path[-1]), []).append(error.message)
+                node = _branch(node, str(key))
+            leaf = node.get(str(path[-1]))
+            if isinstance(leaf, dict):  # errors below this key too: the message goes beside
+                leaf.setdefault("non_field_errors", []).append(error.message)
+            else:
+                node.setdefault(str(path[-1]), []).append(error.message)
         return detail
+
+
+def _branch(node: dict[str, Any], key: str) -> dict[str, Any]:
+    """The dict under ``key``; messages already there (an error about the whole list, say)
+    move to its ``non_field_errors``, so an error about one item can go beside them."""
+    value = node.get(key)
+    if isinstance(value, dict):
+        return value
+    branch: dict[str, Any] = {"non_field_errors": value} if value else {}
+    node[key] = branch
+    return branch
 
 
 def path_text(path: Sequence[str | int]) -> str:

@@ -312,23 +312,40 @@ def server_cross_errors(
     if state not in ServerState.values:
         state = server.state if server is not None and server.pk else ServerState.STARTED
     stored = server if server is not None and server.pk is not None else None
-    bindings = lenient_list(grammar.parse_binding, raw.get("bindings"))
-    if bindings is None:
+    # Given but not a list: its field reports that; nothing of it can be checked.
+    bindings = lenient_list(grammar.parse_binding, raw.get("bindings", _ABSENT)) or []
+    if "bindings" not in raw:
         rows = stored.bindings.all() if stored else []
         bindings = [b.as_grammar() for b in rows] or [DEFAULT_BINDING]
-    trusted = lenient_list(grammar.parse_access_entry, raw.get("trusted_proxies"))
-    if trusted is None:
+    trusted = lenient_list(grammar.parse_access_entry, raw.get("trusted_proxies", _ABSENT))
+    if "trusted_proxies" not in raw:
         entries = stored.access_entries.filter(list=AccessList.PROXY) if stored else []
         trusted = [grammar.parse_access_entry(e.value) for e in entries]
-    errors: list[FieldError] = []
-    present = [(i, b) for i, b in enumerate(bindings) if b is not None]
-    if state in RUNNING_STATES:
-        taken = [(b, name, peer_state) for name, peer_state, bs in peers for b in bs]
-        for index, binding in present:
-            clash = next((t for t in taken if grammar.bindings_conflict(binding, t[0])), None)
-            if clash is not None:
-                errors.append(FieldError(("bindings", index), conflict_message(binding, *clash)))
+    elif trusted is None:
+        return _binding_errors(bindings, state, peers)  # no PROXY verdict on a broken list
+    errors = _binding_errors(bindings, state, peers)
     if not trusted:  # an unparsable trusted proxy still counts as one listed
+        present = [(i, b) for i, b in enumerate(bindings) if b is not None]
         for _field, position, message in proxy_protocol_errors([b for _, b in present], []):
             errors.append(FieldError(("bindings", present[position][0]), message))
+    return errors
+
+
+_ABSENT = object()
+
+
+def _binding_errors(
+    bindings: Sequence[grammar.Binding | None], state: str, peers: Sequence[Peer]
+) -> list[FieldError]:
+    """Each parsed binding of a running server that a peer already holds."""
+    if state not in RUNNING_STATES:
+        return []
+    errors = []
+    taken = [(b, name, peer_state) for name, peer_state, bs in peers for b in bs]
+    for index, binding in enumerate(bindings):
+        if binding is None:
+            continue
+        clash = next((t for t in taken if grammar.bindings_conflict(binding, t[0])), None)
+        if clash is not None:
+            errors.append(FieldError(("bindings", index), conflict_message(binding, *clash)))
     return errors

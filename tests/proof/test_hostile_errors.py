@@ -15,6 +15,7 @@ from django.contrib.auth.models import User
 from django.test import Client
 from rest_framework.test import APIClient
 
+from mailadmin.exceptions import ConfigError, FieldError
 from mailadmin.models import ConfigSnapshot, VirtualServer
 from mailadmin.tests.conftest import db_state
 
@@ -197,3 +198,34 @@ def test_a_domain_lists_every_broken_rule_and_refuses_helo_with_required_tls(
     assert "smart host" in body["smart_host"][0]
     assert "EHLO" in body["outbound"]["tls"][0]
     assert ConfigSnapshot.objects.count() == versions
+
+
+def test_a_list_given_as_something_else_is_one_error_and_no_guess(api: APIClient) -> None:
+    # Found by the API fuzzer: bindings given as an object were read as "absent", so the
+    # default *:25 was checked against the other servers; the two errors at "bindings" and
+    # "bindings[0]" then could not be rendered together (a 500).
+    api.post("/api/v1/servers/", {"name": "Corp", "default_domain": "corp.test"}, format="json")
+    response = api.post(
+        "/api/v1/servers/",
+        {"name": "Corp", "default_domain": "other.test", "bindings": {"0": "*:25"}},
+        format="json",
+    )
+    assert response.status_code == 400
+    body = response.json()
+    assert body["bindings"] == ['Expected a list of items but got type "dict".']
+    assert "already exists" in body["name"][0]
+
+
+def test_an_error_about_a_list_and_one_about_its_item_are_both_answered() -> None:
+    error = ConfigError(
+        [
+            FieldError(("bindings",), "about the list"),
+            FieldError(("bindings", 0), "about its first item"),
+            FieldError(("relay", "list", 1), "about an item"),
+            FieldError(("relay", "list"), "about the list"),
+        ]
+    )
+    assert error.as_drf_detail() == {
+        "bindings": {"non_field_errors": ["about the list"], "0": ["about its first item"]},
+        "relay": {"list": {"1": ["about an item"], "non_field_errors": ["about the list"]}},
+    }
