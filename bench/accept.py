@@ -484,7 +484,7 @@ def publish(redis_url: str, servers: list[tuple[str, int, str]]) -> None:
     import redis
 
     from smtpworker.config import dump_site
-    from smtpworker.tests.factories import local, server, site
+    from smtpworker.tests.factories import local, published, server, site
 
     configs = [
         server(
@@ -502,7 +502,8 @@ def publish(redis_url: str, servers: list[tuple[str, int, str]]) -> None:
         for i, (name, port, node) in enumerate(servers)
     ]
     client = redis.Redis.from_url(redis_url)
-    client.set("mailadmin:config:body", dump_site(site(*configs, version=servers[0][1])))
+    body = published(dump_site(site(*configs, version=servers[0][1])))
+    client.set("mailadmin:config:body", body)
     client.close()
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 import socket
 from dataclasses import replace
@@ -138,5 +137,8 @@ def site(
 
 def published(body: str) -> bytes:
     """``body`` (a :func:`~smtpworker.config.dump_site` text) as the web side publishes it:
-    signed with the session's ``MAILADMIN_ENCRYPTION_KEY``, which worker processes inherit."""
-    return sign(body_key(os.environ["MAILADMIN_ENCRYPTION_KEY"]), body.encode())
+    signed with the key the worker processes this one starts will read from the
+    environment (``MAILADMIN_ENCRYPTION_KEY``, else ``SECRET_KEY``, each also as ``*_FILE``)."""
+    from smtpworker.__main__ import encryption_key
+
+    return sign(body_key(encryption_key()), body.encode())
