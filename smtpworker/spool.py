@@ -340,25 +340,31 @@ def _commit(
     created: list[tuple[int, str]],
 ) -> None:
     eml, env_name = queue_id + ".eml", queue_id + ".env"
+    # The tmp names are this store's own: a store of the same id that a kill cut short
+    # leaves its tmp files behind (recover() removes them later), and a retry, such as a
+    # delivery report whose id derives from its message's, must not be refused for them.
+    # Only the queue names decide whether the id is taken.
+    stem = f"{queue_id}.{secrets.token_hex(6)}"
+    tmp_eml, tmp_env = stem + ".eml", stem + ".env"
     # Each file is fsync'd before it gets its queue name: otherwise a power cut could
     # keep the name but not the data, leaving an empty or truncated message committed.
-    _write_durably(tmp_fd, eml, data, created)
-    _write_durably(tmp_fd, env_name, env, created)
+    _write_durably(tmp_fd, tmp_eml, data, created)
+    _write_durably(tmp_fd, tmp_env, env, created)
     # link() is rename() that refuses to replace an existing file: a duplicate id can
     # never overwrite a queued message. The .eml goes first, the .env (commit) last.
-    _link(tmp_fd, queue_fd, eml)
+    _link(tmp_fd, tmp_eml, queue_fd, eml)
     created.append((queue_fd, eml))
-    _link(tmp_fd, queue_fd, env_name)
+    _link(tmp_fd, tmp_env, queue_fd, env_name)
     created.append((queue_fd, env_name))
-    os.unlink(eml, dir_fd=tmp_fd)
-    os.unlink(env_name, dir_fd=tmp_fd)
+    os.unlink(tmp_eml, dir_fd=tmp_fd)
+    os.unlink(tmp_env, dir_fd=tmp_fd)
     # The new names are only durable once the directory itself is fsync'd. The unlinks
     # in tmp/ need no fsync: a resurrected tmp file is garbage for recover().
     os.fsync(queue_fd)
 
 
-def _link(tmp_fd: int, queue_fd: int, name: str) -> None:
-    os.link(name, name, src_dir_fd=tmp_fd, dst_dir_fd=queue_fd, follow_symlinks=False)
+def _link(tmp_fd: int, tmp_name: str, queue_fd: int, name: str) -> None:
+    os.link(tmp_name, name, src_dir_fd=tmp_fd, dst_dir_fd=queue_fd, follow_symlinks=False)
 
 
 def _discard(created: list[tuple[int, str]]) -> None:

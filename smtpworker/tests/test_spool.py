@@ -187,6 +187,20 @@ def test_it_refuses_a_duplicate_id_and_keeps_the_original(tmp_path: Path) -> Non
     assert all_files(spool.directory) == [f"{original.queue_id}.eml", f"{original.queue_id}.env"]
 
 
+def test_a_store_cut_short_does_not_block_storing_the_same_id_again(tmp_path: Path) -> None:
+    # Found by the crash run: a worker killed after writing a delivery report's tmp files,
+    # before linking them, left tmp/<id>.eml behind; the retry of that report (its id
+    # derives from its message's) was refused as "already exists" and the NDR never went.
+    spool = Spool(tmp_path / "Queue")
+    envelope = make_envelope(b"report")
+    for suffix, content in ((".eml", b"report"), (".env", b"{}")):
+        (spool.tmp / f"{envelope.queue_id}{suffix}").write_bytes(content)
+    spool.store(envelope, b"report")
+    assert spool.load(envelope.queue_id) == (envelope, b"report")
+    with pytest.raises(SpoolError, match="already exists"):
+        spool.store(envelope, b"report")  # a committed id is still never taken twice
+
+
 def test_it_refuses_a_size_that_does_not_match_the_data(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "Queue")
     with pytest.raises(ValueError, match="envelope size 3 != 4 bytes"):
@@ -264,9 +278,12 @@ def test_store_makes_each_file_durable_before_committing_it(
     monkeypatch.setattr(os, "link", link)
     spool.store(envelope, b"data")
     queue, queue_id = str(spool.directory.resolve()), envelope.queue_id
+    tmp_eml, tmp_env = events[0][1], events[1][1]
+    assert tmp_eml.startswith(f"{queue}/tmp/{queue_id}.") and tmp_eml.endswith(".eml")
+    assert tmp_env == tmp_eml.removesuffix(".eml") + ".env"
     assert events == [
-        ("fsync", f"{queue}/tmp/{queue_id}.eml"),
-        ("fsync", f"{queue}/tmp/{queue_id}.env"),
+        ("fsync", tmp_eml),
+        ("fsync", tmp_env),
         ("link", f"{queue}/{queue_id}.eml"),
         ("link", f"{queue}/{queue_id}.env"),  # the commit
         ("fsync", queue),  # makes both new names durable
@@ -465,12 +482,16 @@ def test_a_link_planted_under_a_queue_name_is_never_written_nor_read(tmp_path: P
     secret = tmp_path / "secret.txt"
     secret.write_bytes(b"precious")
     envelope = make_envelope(b"data")
-    for name in (f"tmp/{envelope.queue_id}.eml", f"{envelope.queue_id}.env"):
-        (spool.directory / name).symlink_to(secret)
-        with pytest.raises(SpoolError):
-            spool.store(envelope, b"data")
-        assert secret.read_bytes() == b"precious"
-        (spool.directory / name).unlink()
+    (spool.directory / f"{envelope.queue_id}.env").symlink_to(secret)
+    with pytest.raises(SpoolError):  # a queue name is taken, even by a link
+        spool.store(envelope, b"data")
+    assert secret.read_bytes() == b"precious"
+    (spool.directory / f"{envelope.queue_id}.env").unlink()
+    # tmp/ names are the store's own, random: one planted under the queue id is not used.
+    (spool.tmp / f"{envelope.queue_id}.eml").symlink_to(secret)
+    spool.store(envelope, b"data")
+    assert secret.read_bytes() == b"precious"
+    assert spool.load(envelope.queue_id) == (envelope, b"data")
     other = make_envelope(b"precious")
     (spool.directory / f"{other.queue_id}.env").write_text(other.to_json())
     (spool.directory / f"{other.queue_id}.eml").symlink_to(secret)
