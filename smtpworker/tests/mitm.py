@@ -13,7 +13,7 @@ Modes:
   own certificate is what the client sees, so a sink with a certificate for another name
   or from a private CA is "a wrong certificate").
 - ``strip_starttls``: overwrite the STARTTLS capability in the server's replies with
-  ``XXXXXXXX`` (the classic downgrade, length kept), so the client believes the server
+  :data:`STRIPPED` (the classic downgrade, length kept), so the client believes the server
   offers no TLS.
 - ``break_tls``: answer the client's STARTTLS with ``220`` itself, then send bytes that
   are not TLS and hang up: the client's handshake fails.
@@ -28,6 +28,9 @@ from typing import Any
 
 MODES = ("relay", "strip_starttls", "break_tls")
 _STARTTLS = re.compile(rb"starttls", re.IGNORECASE)
+# What STARTTLS-stripping middleboxes put in its place: eight octets, so lengths and
+# line counts of the EHLO reply stay as they were and the client notices nothing.
+STRIPPED = b"X" * len(b"STARTTLS")
 
 
 class Mitm:
@@ -165,7 +168,7 @@ class Mitm:
             if self.mode == "strip_starttls":
                 # Line by line, so the word is never split between two reads.
                 chunk = await reader.readline()
-                chunk = _STARTTLS.sub(b"XXXXXXXX", chunk)
+                chunk = _STARTTLS.sub(STRIPPED, chunk)
             else:
                 chunk = await reader.read(65536)
             if not chunk:
