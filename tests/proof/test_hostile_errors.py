@@ -17,7 +17,7 @@ from rest_framework.test import APIClient
 
 from mailadmin.exceptions import ConfigError, FieldError
 from mailadmin.models import ConfigSnapshot, VirtualServer
-from mailadmin.tests.conftest import db_state
+from mailadmin.tests.conftest import db_state, make_server
 
 pytestmark = pytest.mark.django_db
 
@@ -29,6 +29,11 @@ def api(admin_user: User) -> APIClient:
     client = APIClient()
     client.force_login(admin_user)
     return client
+
+
+def corp(api: APIClient) -> dict[str, Any]:
+    """The running server 'Corp', holding the binding the others' tests reach for."""
+    return make_server(api, name="Corp", default_domain="corp.test", bindings=[SHARED])
 
 
 def broken_server(**extra: Any) -> dict[str, Any]:
@@ -90,12 +95,7 @@ def test_a_document_reports_proxy_and_user_rules_beside_field_errors(api: APICli
 
 
 def test_the_api_lists_field_and_binding_errors_together(api: APIClient) -> None:
-    corp = api.post(
-        "/api/v1/servers/",
-        {"name": "Corp", "default_domain": "corp.test", "bindings": [SHARED]},
-        format="json",
-    )
-    assert corp.status_code == 201, corp.content
+    corp(api)
     versions = ConfigSnapshot.objects.count()
     response = api.post("/api/v1/servers/", broken_server(), format="json")
     assert response.status_code == 400
@@ -111,16 +111,8 @@ def test_the_api_lists_field_and_binding_errors_together(api: APIClient) -> None
 def test_a_patch_reports_the_binding_held_elsewhere_beside_a_field_error(
     api: APIClient,
 ) -> None:
-    api.post(
-        "/api/v1/servers/",
-        {"name": "Corp", "default_domain": "corp.test", "bindings": [SHARED]},
-        format="json",
-    )
-    other = api.post(
-        "/api/v1/servers/",
-        {"name": "Other", "default_domain": "other.test", "bindings": ["127.0.0.3:2525"]},
-        format="json",
-    ).json()
+    corp(api)
+    other = make_server(api, name="Other", default_domain="other.test", bindings=["127.0.0.3:2525"])
     response = api.patch(
         f"/api/v1/servers/{other['id']}/",
         {"bindings": [SHARED], "messages": {"max_message_size_kb": "lots"}},
@@ -137,16 +129,8 @@ def test_the_sheet_shows_service_errors_beside_field_errors(admin_user: User) ->
     client.force_login(admin_user)
     api = APIClient()
     api.force_login(admin_user)
-    api.post(
-        "/api/v1/servers/",
-        {"name": "Corp", "default_domain": "corp.test", "bindings": [SHARED]},
-        format="json",
-    )
-    other = api.post(
-        "/api/v1/servers/",
-        {"name": "Other", "default_domain": "other.test", "bindings": ["127.0.0.3:2525"]},
-        format="json",
-    ).json()
+    corp(api)
+    other = make_server(api, name="Other", default_domain="other.test", bindings=["127.0.0.3:2525"])
     server = VirtualServer.objects.get(pk=other["id"])
     page = client.get(f"/servers/{server.pk}/properties/general/")
     forms = {t["name"]: t["form"] for t in page.context["tabs"]}
@@ -175,11 +159,7 @@ def test_the_sheet_shows_service_errors_beside_field_errors(admin_user: User) ->
 def test_a_domain_lists_every_broken_rule_and_refuses_helo_with_required_tls(
     api: APIClient,
 ) -> None:
-    server = api.post(
-        "/api/v1/servers/",
-        {"name": "Corp", "default_domain": "corp.test", "bindings": [SHARED]},
-        format="json",
-    ).json()
+    server = corp(api)
     versions = ConfigSnapshot.objects.count()
     response = api.post(
         "/api/v1/domains/",
