@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import Group, User
 
+from mailadmin.tests.conftest import test_redis  # noqa: F401 (a fixture, shared here)
 from smtpworker.config import ServerConfig, UserConfig
 from smtpworker.spool import Envelope, Spool
 from smtpworker.tests.factories import free_port, local, remote, server, site

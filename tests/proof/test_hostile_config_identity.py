@@ -133,19 +133,6 @@ def fresh_database() -> None:
 
 
 @pytest.fixture
-def test_redis(settings: Any) -> Iterator[str]:
-    """An empty database of the test Redis (not the one a developer's worker reads), as
-    settings.REDIS_URL; the worker processes a test starts use it too."""
-    url = settings.REDIS_URL.rsplit("/", 1)[0] + "/10"
-    settings.REDIS_URL = url
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    yield url
-    client.flushdb()
-    client.close()
-
-
-@pytest.fixture
 def api(db: None) -> APIClient:
     return admin_api()
 
