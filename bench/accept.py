@@ -483,7 +483,7 @@ def publish(redis_url: str, servers: list[tuple[str, int, str]]) -> None:
     W3C log on with IIS's default fields."""
     import redis
 
-    from smtpworker.config import dump_site
+    from smtpworker.core.config import dump_site
     from smtpworker.tests.factories import local, published, server, site
 
     configs = [

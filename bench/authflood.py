@@ -74,8 +74,8 @@ SCENARIOS = (
 
 def site_body(port: int, brake: bool) -> str:
     """One server (the test factory's IIS defaults) taking AUTH and anonymous local mail."""
-    from smtpworker import credentials
-    from smtpworker.config import UserConfig, dump_site
+    from smtpworker.core import credentials
+    from smtpworker.core.config import UserConfig, dump_site
     from smtpworker.tests.factories import server, site
 
     cfg = server(
@@ -93,11 +93,11 @@ def site_body(port: int, brake: bool) -> str:
 async def serve(site_file: Path, mailroot: Path, redis_url: str, legacy: bool) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    from smtpworker.authbrake import AuthBrake
-    from smtpworker.authpool import VerifyPool
-    from smtpworker.config import load_site
-    from smtpworker.runtime import Node, NodeOptions
-    from smtpworker.secretbox import SecretBox
+    from smtpworker.core.config import load_site
+    from smtpworker.core.secretbox import SecretBox
+    from smtpworker.inbound.authbrake import AuthBrake
+    from smtpworker.inbound.authpool import VerifyPool
+    from smtpworker.inbound.runtime import Node, NodeOptions
 
     # The node's warning per new block (one per flood address) would bury the table.
     logging.getLogger("smtpworker").setLevel(logging.ERROR)

@@ -1,6 +1,6 @@
 """Delivery reports on hostile messages: is building an NDR linear in the message?
 
-`python bench/dsn.py [--repeat 5]` builds an NDR (``smtpworker.dsn.build_report``, headers
+`python bench/dsn.py [--repeat 5]` builds an NDR (``smtpworker.outbound.dsn.build_report``, headers
 quoted, as the delivery service does; and the whole message returned, as an option of the
 API allows) for a normal 2 MB message and for crafted 2 MB messages, and prints one table:
 the median CPU milliseconds per report and the ratio of each crafted message to the normal
@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from smtpworker import dsn  # noqa: E402
+from smtpworker.outbound import dsn  # noqa: E402
 
 SIZE = 2_000_000
 NOW = datetime(2026, 12, 7, tzinfo=UTC)

@@ -79,7 +79,7 @@ from accept import (  # noqa: E402 - bench/accept.py: shared machine and /proc h
     spread_subdirectories,
 )
 
-from smtpworker.handoff import delivery_queue  # noqa: E402 - the queue relay tasks go to
+from smtpworker.core.handoff import delivery_queue  # noqa: E402 - the queue relay tasks go to
 
 KB = 1024
 # (size, sessions) -> messages per timed run; the warm-up sends WARMUP[size] first.
@@ -1025,7 +1025,7 @@ _CATEGORIES = (
         ),
     ),
     ("Redis round trips (outbound slots, dedup)", lambda st, leaf: "(redis/" in st),
-    ("spool files (read, unlink, fsync)", lambda st, leaf: "(smtpworker/spool.py" in st),
+    ("spool files (read, unlink, fsync)", lambda st, leaf: "(smtpworker/core/spool.py" in st),
     ("outbound SMTP to the sink (smtplib)", lambda st, leaf: "(smtplib.py" in st),
     ("Django ORM in Python (query building, model instances)", lambda st, leaf: "(django/" in st),
     ("other project code", lambda st, leaf: True),
@@ -1292,7 +1292,7 @@ def main() -> int:
             product.run(
                 "-c",
                 "import django; django.setup(); "
-                "from mailadmin.services.config import config_republish; "
+                "from mailadmin.services.config.versions import config_republish; "
                 "print(config_republish())",
             )
             print(f"  database ready in {time.monotonic() - t:.1f} s ({db})", file=sys.stderr)

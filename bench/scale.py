@@ -194,7 +194,7 @@ def end_to_end(
             admin.run(
                 "-c",
                 "import django; django.setup(); "
-                "from mailadmin.services.config import config_republish; "
+                "from mailadmin.services.config.versions import config_republish; "
                 "print(config_republish())",
             )
             setup = {

@@ -8,7 +8,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import beat_init, celeryd_after_setup, task_postrun, task_prerun, worker_init
 
-from smtpworker.handoff import delivery_queue
+from smtpworker.core.handoff import delivery_queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mailadmin.settings")
 
@@ -38,7 +38,7 @@ def _refuse_unsafe_start(**kwargs: Any) -> None:
 def _publish_config_at_start(**kwargs: Any) -> None:
     """Beat starts by making Redis hold this database's configuration (then republishes it
     on its schedule): another database's or a forged body must not wait for a change."""
-    from mailadmin.services.config import config_republish_at_start
+    from mailadmin.services.config.versions import config_republish_at_start
 
     config_republish_at_start()
 

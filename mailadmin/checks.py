@@ -20,7 +20,7 @@ from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError
 
-from smtpworker.secretbox import SecretBox, SecretBoxError, key_problem
+from smtpworker.core.secretbox import SecretBox, SecretBoxError, key_problem
 
 SECRETS_TAG = "mailadmin_secrets"
 
@@ -63,7 +63,7 @@ def check_sealed_secrets(app_configs: Any = None, **kwargs: Any) -> list[checks.
     databases = kwargs.get("databases") or []
     if "default" not in databases or key_problem("key", settings.MAILADMIN_ENCRYPTION_KEY):
         return []
-    from mailadmin.services.secrets import sealed_fields
+    from mailadmin.services.config.secrets import sealed_fields
 
     box = SecretBox(settings.MAILADMIN_ENCRYPTION_KEY)
     unreadable = []

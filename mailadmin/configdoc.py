@@ -23,9 +23,8 @@ from mailadmin.api.serializers import DomainFields, ServerFields, model_field
 from mailadmin.exceptions import ConfigError, FieldError, flatten_drf_errors
 from mailadmin.layout import DOMAIN_LAYOUT, SECRET_FIELDS, SERVER_LAYOUT, Layout, walk
 from mailadmin.models import Domain, SmtpUser, VirtualServer
-from mailadmin.services.config import check_version, config_transaction, current_version
-from mailadmin.services.domains import domain_apply
-from mailadmin.services.servers import (
+from mailadmin.services.config.domains import domain_apply
+from mailadmin.services.config.servers import (
     DEFAULT_BINDING,
     RUNNING_STATES,
     conflict_message,
@@ -33,8 +32,9 @@ from mailadmin.services.servers import (
     server_apply,
     server_cross_errors,
 )
-from mailadmin.services.users import user_apply
-from smtpworker import grammar
+from mailadmin.services.config.users import user_apply
+from mailadmin.services.config.versions import check_version, config_transaction, current_version
+from smtpworker.core import grammar
 
 
 class DocumentDomainSerializer(DomainFields):  # type: ignore[misc]

@@ -17,8 +17,8 @@ import logging
 from logging.config import dictConfig
 from typing import Any
 
-from smtpworker.jsonlog import ContextAdapter, PlainFormatter, extra_fields
-from smtpworker.jsonlog import JsonFormatter as _JsonFormatter
+from smtpworker.core.jsonlog import ContextAdapter, PlainFormatter, extra_fields
+from smtpworker.core.jsonlog import JsonFormatter as _JsonFormatter
 
 __all__ = [
     "ContextAdapter",

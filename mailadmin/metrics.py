@@ -62,9 +62,9 @@ from prometheus_client.utils import floatToGoString
 from mailadmin.api.permissions import can_read
 from mailadmin.models import OPEN_STATES, Message, MessageState, TrafficCounter, VirtualServer
 from mailadmin.selectors import worker_statuses
-from mailadmin.services.config import current_version
-from mailadmin.services.traffic import rejection_reason
-from smtpworker.grammar import AccessEntry, access_entry_matches, parse_access_entry
+from mailadmin.services.config.versions import current_version
+from mailadmin.services.delivery.traffic import rejection_reason
+from smtpworker.core.grammar import AccessEntry, access_entry_matches, parse_access_entry
 
 # Upper bounds (seconds) of the delivery latency buckets: seconds for a smart host on the
 # LAN, minutes and hours for retries (IIS's schedule is 15, 30, 60, 240 minutes), two days

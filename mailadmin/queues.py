@@ -19,8 +19,8 @@ from mailadmin.models import (
     RecipientState,
     TrafficCounter,
 )
-from mailadmin.services.queue import spool_for
-from smtpworker.spool import MessageNotFound
+from mailadmin.services.delivery.queue import spool_for
+from smtpworker.core.spool import MessageNotFound
 
 
 def queue_list() -> list[dict[str, Any]]:

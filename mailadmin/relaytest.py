@@ -1,6 +1,6 @@
 """ "Test relay": would this server take this mail from this client, and which rule decides?
 
-The answer comes from ``smtpworker.policy.explain_relay`` run on the server's configuration
+The answer comes from ``smtpworker.inbound.policy.explain_relay`` run on the server's configuration
 as ``mailadmin.snapshot`` builds it for the workers, so the console (and the API, which may
 call :func:`relay_test` too) explain exactly what a worker would enforce.
 """
@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from mailadmin.models import SmtpUser, VirtualServer
 from mailadmin.snapshot import server_config
-from smtpworker.grammar import GrammarError
-from smtpworker.policy import Client, Decision, RecipientDecision, explain_relay
+from smtpworker.core.grammar import GrammarError
+from smtpworker.inbound.policy import Client, Decision, RecipientDecision, explain_relay
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ from typing import Any
 import redis
 from django.conf import settings
 
-from smtpworker import authbrake
+from smtpworker.inbound import authbrake
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def worker_statuses() -> list[dict[str, Any]]:
 
 
 def auth_blocks(server: str) -> list[dict[str, Any]] | None:
-    """The clients the AUTH brake blocks on one server now (``smtpworker.authbrake``),
+    """The clients the AUTH brake blocks on one server now (``smtpworker.inbound.authbrake``),
     soonest end first, as ``{client, until, seconds_left}``; None when Redis is down."""
     try:
         client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2)

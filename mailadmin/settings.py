@@ -18,7 +18,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from smtpworker import safefile
+from smtpworker.core import safefile
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -334,7 +334,7 @@ SPECTACULAR_SETTINGS = {
 
 # LOG_FORMAT=json: one JSON object per line (time, level, logger, message and the extra
 # fields such as queue_id, server, node, client_ip, session) from the web process and
-# Celery, as from the SMTP worker (smtpworker.jsonlog). plain (the default) keeps the
+# Celery, as from the SMTP worker (smtpworker.core.jsonlog). plain (the default) keeps the
 # classic line, with the same extra fields appended as key=value.
 LOG_FORMAT = envstr("LOG_FORMAT", "plain").strip().lower()
 if LOG_FORMAT not in ("plain", "json"):
@@ -377,7 +377,7 @@ MAILADMIN_METRICS_TOKEN = envstr("MAILADMIN_METRICS_TOKEN", "")
 
 
 def _metrics_allow(entries: list[str]) -> list[str]:
-    from smtpworker.grammar import GrammarError, parse_access_entry
+    from smtpworker.core.grammar import GrammarError, parse_access_entry
 
     allowed = []
     for text in entries:

@@ -1,4 +1,4 @@
-"""ORM rows -> ``smtpworker.config`` objects: the only bridge from the database to policy.
+"""ORM rows -> ``smtpworker.core.config`` objects: the only bridge from the database to policy.
 
 The worker, the console's relay tester and the tests all run on what this module builds,
 so what the console previews cannot drift from what the worker enforces.
@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from mailadmin.models import AccessList, Domain, SmtpUser, VirtualServer
-from smtpworker import config as wc
-from smtpworker.grammar import AccessEntry, parse_access_entry
+from smtpworker.core import config as wc
+from smtpworker.core.grammar import AccessEntry, parse_access_entry
 
 
 def _kb(value: int | None) -> int | None:

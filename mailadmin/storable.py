@@ -1,6 +1,6 @@
 """Network values fitted to the queue's columns before they reach the ORM.
 
-:func:`smtpworker.storable.storable` does the work (visible stand-ins for what no database
+:func:`smtpworker.core.storable.storable` does the work (visible stand-ins for what no database
 stores, then a cut); this module only reads each column's limit from its model field, so
 the numbers live in one place, the models.
 """
@@ -11,7 +11,7 @@ from typing import TypeVar
 
 from django.db import models
 
-from smtpworker.storable import storable
+from smtpworker.core.storable import storable
 
 __all__ = ["Unstorable", "exact", "fit", "fit_row"]
 

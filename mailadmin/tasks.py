@@ -18,10 +18,10 @@ from django.conf import settings
 from django.db.models import QuerySet
 
 from mailadmin.models import Message
-from mailadmin.services import sweep as sweep_services
-from mailadmin.services.config import config_republish as _config_republish
-from mailadmin.services.delivery import messages_deliver
-from smtpworker.handoff import RELAY_BATCH_TASK, RELAY_TASK, delivery_queue
+from mailadmin.services.config.versions import config_republish as _config_republish
+from mailadmin.services.delivery import sweep as sweep_services
+from mailadmin.services.delivery.runs import messages_deliver
+from smtpworker.core.handoff import RELAY_BATCH_TASK, RELAY_TASK, delivery_queue
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def traffic_collect() -> int:
     import json
 
     from mailadmin.selectors import worker_statuses
-    from mailadmin.services.traffic import traffic_collect as collect
+    from mailadmin.services.delivery.traffic import traffic_collect as collect
 
     key = "mailadmin:traffic:last"
     client = _redis()

@@ -2,7 +2,7 @@
 
 One selector and one history, for both callers: ``GET /api/v1/tracking/``
 (``mailadmin.api.tracking``) and the console's Message Tracking pages
-(``mailadmin.views.tracking``). The events of a message:
+(``mailadmin.console.tracking``). The events of a message:
 
 ========================  ====================================================================
 ``received``              the SMTP worker spooled it (``host``: the client's address)
@@ -39,7 +39,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 
 from mailadmin.models import Attempt, Message, MessageState, Recipient, RecipientState
-from mailadmin.services.reports import report_queue_id
+from mailadmin.services.delivery.reports import report_queue_id
 
 EVENTS = (
     "received",

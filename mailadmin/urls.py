@@ -6,8 +6,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path, re_path
 
-from mailadmin.metrics import metrics_view
-from mailadmin.views import (
+from mailadmin.console import (
     authblocks,
     create,
     domains,
@@ -20,6 +19,7 @@ from mailadmin.views import (
     tracking,
     users,
 )
+from mailadmin.metrics import metrics_view
 
 console = (
     [

@@ -1,4 +1,4 @@
-"""Django validators over the one grammar in ``smtpworker.grammar``.
+"""Django validators over the one grammar in ``smtpworker.core.grammar``.
 
 Model fields carry these, so ``full_clean()``, ModelForms and DRF serializers all refuse
 bad input with the same message. A validator only checks; normalising to canonical text
@@ -14,8 +14,8 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 
-from smtpworker import grammar
-from smtpworker.tlsinfo import TlsConfigError, check_ca_certificates
+from smtpworker.core import grammar
+from smtpworker.core.tlsinfo import TlsConfigError, check_ca_certificates
 
 
 def _check(parse: Callable[[str], Any], value: str) -> None:

@@ -16,6 +16,6 @@ refuse_unsafe_start()
 
 # Redis may hold another database's configuration (a reinstall, a second checkout, a
 # restored backup) or a forged one: make it hold this site's before serving anything.
-from mailadmin.services.config import config_republish_at_start  # noqa: E402
+from mailadmin.services.config.versions import config_republish_at_start  # noqa: E402
 
 config_republish_at_start()

@@ -19,8 +19,8 @@ from mailadmin import queues
 from mailadmin.api.parsers import PARSERS
 from mailadmin.api.schema import ApiSchema
 from mailadmin.models import Message
-from mailadmin.services import queue as queue_services
-from mailadmin.services import reports as report_services
+from mailadmin.services.delivery import queue as queue_services
+from mailadmin.services.delivery import reports as report_services
 from mailadmin.tasks import enqueue_messages
 
 ACTIONS = ("retry", "suspend", "resume", "delete", "delete_ndr")

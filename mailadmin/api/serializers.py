@@ -1,7 +1,7 @@
 """DRF serializers, generated from the document layout in ``mailadmin.layout``.
 
 They parse and check single fields (through the model fields' validators, which use the
-``smtpworker.grammar``); cross-row rules and writes are the services' job. Secrets are
+``smtpworker.core.grammar``); cross-row rules and writes are the services' job. Secrets are
 write-only; a read-only ``*_set`` flag tells whether one is stored.
 """
 
@@ -16,7 +16,7 @@ from rest_framework import serializers
 from mailadmin.layout import DOMAIN_LAYOUT, SECRET_FIELDS, SERVER_LAYOUT, Layout
 from mailadmin.models import AccessList, Domain, OutboundTls, SmtpUser, VirtualServer
 from mailadmin.selectors import server_runtime, worker_statuses
-from smtpworker import grammar
+from smtpworker.core import grammar
 
 
 class GrammarListField(serializers.ListField):

@@ -51,13 +51,13 @@ from mailadmin.lockout import LOCKED_STATUS, cooloff_seconds, lockout_message
 from mailadmin.models import ConfigSnapshot, Domain, ServerState, SmtpUser, VirtualServer
 from mailadmin.relaytest import relay_test
 from mailadmin.selectors import auth_blocks, sessions_list, worker_statuses
-from mailadmin.services import authblocks as authblock_services
-from mailadmin.services import control as control_services
-from mailadmin.services import domains as domain_services
-from mailadmin.services import servers as server_services
-from mailadmin.services import users as user_services
-from mailadmin.services.config import VersionConflict, current_version
-from smtpworker.grammar import GrammarError
+from mailadmin.services.config import authblocks as authblock_services
+from mailadmin.services.config import control as control_services
+from mailadmin.services.config import domains as domain_services
+from mailadmin.services.config import servers as server_services
+from mailadmin.services.config import users as user_services
+from mailadmin.services.config.versions import VersionConflict, current_version
+from smtpworker.core.grammar import GrammarError
 
 
 def _author(request: Request) -> str:

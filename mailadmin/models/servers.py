@@ -1,7 +1,7 @@
 """The SMTP virtual server and the rows that belong to exactly one server.
 
 Field defaults are the IIS 6 SMTP Service defaults. Field-level grammar (addresses,
-networks, host names) is checked by validators that call ``smtpworker.grammar``; rules that
+networks, host names) is checked by validators that call ``smtpworker.core.grammar``; rules that
 span rows (binding conflicts, one default domain) live in ``mailadmin.services``.
 """
 
@@ -11,7 +11,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 from mailadmin import validators
-from smtpworker.grammar import Binding as GrammarBinding
+from smtpworker.core.grammar import Binding as GrammarBinding
 
 
 class ServerState(models.TextChoices):
@@ -184,7 +184,9 @@ class VirtualServer(models.Model):
 
     # Access: secure communication
     tls_certificate = models.TextField(blank=True, default="")
-    tls_private_key = models.TextField(blank=True, default="")  # sealed by smtpworker.secretbox
+    tls_private_key = models.TextField(
+        blank=True, default=""
+    )  # sealed by smtpworker.core.secretbox
     tls_not_after = models.DateTimeField(null=True, blank=True, editable=False)
     tls_require = models.BooleanField(default=False)
 
@@ -296,7 +298,7 @@ class AccessList(models.TextChoices):
     CONNECTION = "connection", "Connection control"
     RELAY = "relay", "Relay restrictions"
     # Who may send PROXY protocol headers to the server's PROXY bindings: IPs and networks
-    # only (``smtpworker.grammar.parse_trusted_proxy``).
+    # only (``smtpworker.core.grammar.parse_trusted_proxy``).
     PROXY = "proxy", "Trusted proxies"
 
 

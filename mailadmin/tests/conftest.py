@@ -24,7 +24,7 @@ from mailadmin.models import (
     SmtpUser,
     VirtualServer,
 )
-from smtpworker.handoff import RELAY_BATCH_TASK, delivery_queue
+from smtpworker.core.handoff import RELAY_BATCH_TASK, delivery_queue
 from smtpworker.tests.sink import Sink
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

@@ -8,7 +8,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from mailadmin.models import ConfigSnapshot, Domain
-from mailadmin.services.secrets import secret_open
+from mailadmin.services.config.secrets import secret_open
 from mailadmin.tests.conftest import make_server
 
 pytestmark = pytest.mark.django_db

@@ -14,7 +14,7 @@ from mailadmin.exceptions import ConfigError
 from mailadmin.models import Binding, ConfigSnapshot, VirtualServer
 from mailadmin.snapshot import site_config
 from mailadmin.tests.conftest import make_server
-from smtpworker import grammar
+from smtpworker.core import grammar
 
 pytestmark = pytest.mark.django_db
 

@@ -11,7 +11,7 @@ from cryptography import x509
 from rest_framework.test import APIClient
 
 from mailadmin.models import ConfigSnapshot, VirtualServer
-from mailadmin.services.secrets import secret_open
+from mailadmin.services.config.secrets import secret_open
 from mailadmin.tests.conftest import make_server
 
 pytestmark = pytest.mark.django_db

@@ -10,9 +10,9 @@ import pytest
 from rest_framework.test import APIClient
 
 from mailadmin.models import ConfigSnapshot, SmtpUser
-from mailadmin.services.secrets import secret_open
+from mailadmin.services.config.secrets import secret_open
 from mailadmin.tests.conftest import make_server
-from smtpworker.credentials import ScramVerifier, cram_md5_digest, verify_password
+from smtpworker.core.credentials import ScramVerifier, cram_md5_digest, verify_password
 
 pytestmark = pytest.mark.django_db
 

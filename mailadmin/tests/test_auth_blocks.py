@@ -16,9 +16,9 @@ from rest_framework.test import APIClient
 from mailadmin import configdoc, snapshot
 from mailadmin.models import VirtualServer
 from mailadmin.tests.conftest import make_server
-from smtpworker import authbrake
-from smtpworker.authbrake import AuthBrake
-from smtpworker.config import AuthBrakeConfig
+from smtpworker.core.config import AuthBrakeConfig
+from smtpworker.inbound import authbrake
+from smtpworker.inbound.authbrake import AuthBrake
 from smtpworker.tests.factories import free_port
 
 pytestmark = pytest.mark.django_db

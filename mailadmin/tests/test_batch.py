@@ -33,14 +33,14 @@ from mailadmin.models import (
     RecipientState,
     TrafficCounter,
 )
-from mailadmin.services import sweep as sweep_services
-from mailadmin.services.delivery import messages_deliver
-from mailadmin.services.queue import spool_for
+from mailadmin.services.delivery import sweep as sweep_services
+from mailadmin.services.delivery.queue import spool_for
+from mailadmin.services.delivery.runs import messages_deliver
 from mailadmin.tasks import enqueue_relays, relay_batch, relay_message
 from mailadmin.tests.stack import until
 from mailadmin.tests.test_delivery import make_server, spool
-from smtpworker.handoff import Handoff, delivery_queue
-from smtpworker.spool import new_queue_id
+from smtpworker.core.handoff import Handoff, delivery_queue
+from smtpworker.core.spool import new_queue_id
 from smtpworker.tests.sink import Sink
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("mailroot")]

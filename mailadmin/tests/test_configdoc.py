@@ -14,7 +14,7 @@ from django.core.management import CommandError, call_command
 from rest_framework.test import APIClient
 
 from mailadmin.models import ConfigSnapshot, Domain, SmtpUser, VirtualServer
-from smtpworker.credentials import verify_password
+from smtpworker.core.credentials import verify_password
 
 pytestmark = pytest.mark.django_db
 

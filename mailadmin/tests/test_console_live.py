@@ -16,10 +16,10 @@ from django.test import Client
 
 from mailadmin import configdoc
 from mailadmin.models import VirtualServer
-from mailadmin.services import control
-from mailadmin.services.config import current_version
-from mailadmin.services.servers import server_update
-from smtpworker.grammar import Binding
+from mailadmin.services.config import control
+from mailadmin.services.config.servers import server_update
+from mailadmin.services.config.versions import current_version
+from smtpworker.core.grammar import Binding
 
 pytestmark = pytest.mark.django_db
 

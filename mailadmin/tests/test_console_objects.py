@@ -10,7 +10,7 @@ from django.test import Client
 
 from mailadmin import configdoc
 from mailadmin.models import ConfigSnapshot, Domain, SmtpUser, VirtualServer
-from smtpworker import credentials
+from smtpworker.core import credentials
 
 pytestmark = pytest.mark.django_db
 

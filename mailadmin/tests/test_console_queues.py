@@ -19,8 +19,8 @@ from django.test.utils import CaptureQueriesContext
 from rest_framework.test import APIClient
 
 from mailadmin.models import Message, MessageState, QueueControl
-from mailadmin.services.queue import spool_for
-from mailadmin.services.traffic import traffic_add, traffic_add_rejected
+from mailadmin.services.delivery.queue import spool_for
+from mailadmin.services.delivery.traffic import traffic_add, traffic_add_rejected
 from mailadmin.tests.test_delivery import make_server, run, spool
 from smtpworker.tests.sink import Sink
 

@@ -14,7 +14,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 
 from mailadmin import configdoc
-from mailadmin.forms import SheetForm
+from mailadmin.console.forms import SheetForm
 from mailadmin.models import ConfigSnapshot, VirtualServer
 
 pytestmark = pytest.mark.django_db

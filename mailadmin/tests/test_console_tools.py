@@ -125,7 +125,7 @@ def test_it_lists_an_api_change_with_its_author(
 
 def test_it_reports_secret_changes_without_their_values(site: dict[str, VirtualServer]) -> None:
     corp = site["CorpServer"]
-    from mailadmin.services.servers import server_update
+    from mailadmin.services.config.servers import server_update
 
     server_update(server=corp, data={"outbound_password": "hunter2"}, author="console:root")
     server_update(server=corp, data={"outbound_password": "hunter3"}, author="console:root")

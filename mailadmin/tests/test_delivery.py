@@ -25,12 +25,12 @@ from mailadmin.models import (
     RecipientState,
     TrafficCounter,
 )
-from mailadmin.services import reports
-from mailadmin.services.delivery import message_deliver
-from mailadmin.services.queue import current_config, message_ingest, spool_for
-from mailadmin.services.slots import outbound_slots
+from mailadmin.services.delivery import reports
+from mailadmin.services.delivery.queue import current_config, message_ingest, spool_for
+from mailadmin.services.delivery.runs import message_deliver
+from mailadmin.services.delivery.slots import outbound_slots
 from mailadmin.tests.conftest import make_server as make_any_server
-from smtpworker.spool import Envelope, new_queue_id
+from smtpworker.core.spool import Envelope, new_queue_id
 from smtpworker.tests.dnsserver import DnsServer
 from smtpworker.tests.sink import Sink
 

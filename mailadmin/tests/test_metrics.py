@@ -22,8 +22,8 @@ from rest_framework.test import APIClient
 from mailadmin import metrics
 from mailadmin.metrics import metrics_view
 from mailadmin.models import Message, MessageState, TrafficCounter
-from mailadmin.services.config import current_version
-from mailadmin.services.traffic import traffic_add
+from mailadmin.services.config.versions import current_version
+from mailadmin.services.delivery.traffic import traffic_add
 from mailadmin.settings import _metrics_allow
 from mailadmin.tests.conftest import make_server
 from mailadmin.urls import urlpatterns as site_urls

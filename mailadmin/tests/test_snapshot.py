@@ -13,15 +13,15 @@ from django.conf import settings
 from rest_framework.test import APIClient
 
 from mailadmin.models import ConfigSnapshot
-from mailadmin.services.config import (
+from mailadmin.services.config.versions import (
     REDIS_BODY_KEY,
     REDIS_CHANNEL,
     config_republish,
     published_body,
 )
-from smtpworker import configmac
-from smtpworker.config import SCHEMA, ConfigFormatError, dump_site, load_site, to_data
-from smtpworker.grammar import Binding
+from smtpworker.core import configmac
+from smtpworker.core.config import SCHEMA, ConfigFormatError, dump_site, load_site, to_data
+from smtpworker.core.grammar import Binding
 
 pytestmark = pytest.mark.django_db
 
@@ -143,8 +143,8 @@ def test_to_data_round_trips_every_field(api: APIClient, typical_site: dict[str,
 
 def test_smtpworker_imports_no_django() -> None:
     code = (
-        "import sys, smtpworker.config, smtpworker.grammar, smtpworker.credentials, "
-        "smtpworker.secretbox, smtpworker.tlsinfo\n"
+        "import sys, smtpworker.core.config, smtpworker.core.grammar, smtpworker.core.credentials, "
+        "smtpworker.core.secretbox, smtpworker.core.tlsinfo\n"
         "bad = [m for m in sys.modules if m == 'django' or m.startswith('django.')]\n"
         "print(','.join(bad)); sys.exit(1 if bad else 0)"
     )

@@ -6,7 +6,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from mailadmin.models import TrafficCounter
-from mailadmin.services.traffic import traffic_add, traffic_collect
+from mailadmin.services.delivery.traffic import traffic_add, traffic_collect
 
 pytestmark = pytest.mark.django_db
 

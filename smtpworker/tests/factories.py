@@ -8,8 +8,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from smtpworker import credentials
-from smtpworker.config import (
+from smtpworker.core import credentials
+from smtpworker.core.config import (
     SCHEMA,
     AccessPolicy,
     AuthConfig,
@@ -25,9 +25,9 @@ from smtpworker.config import (
     TlsConfig,
     UserConfig,
 )
-from smtpworker.configmac import body_key, sign
-from smtpworker.grammar import parse_access_entry, parse_binding
-from smtpworker.secretbox import SecretBox
+from smtpworker.core.configmac import body_key, sign
+from smtpworker.core.grammar import parse_access_entry, parse_binding
+from smtpworker.core.secretbox import SecretBox
 
 BOX = SecretBox("test encryption key")
 NO_SECURITY = OutboundSecurity(
@@ -136,9 +136,9 @@ def site(
 
 
 def published(body: str) -> bytes:
-    """``body`` (a :func:`~smtpworker.config.dump_site` text) as the web side publishes it:
+    """``body`` (a :func:`~smtpworker.core.config.dump_site` text) as the web side publishes it:
     signed with the key the worker processes this one starts will read from the
     environment (``MAILADMIN_ENCRYPTION_KEY``, else ``SECRET_KEY``, each also as ``*_FILE``)."""
-    from smtpworker.__main__ import encryption_key
+    from smtpworker.inbound.main import encryption_key
 
     return sign(body_key(encryption_key()), body.encode())

@@ -8,9 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from smtpworker.authbrake import AuthBrake
-from smtpworker.config import SiteConfig
-from smtpworker.runtime import Node, NodeOptions
+from smtpworker.core.config import SiteConfig
+from smtpworker.inbound.authbrake import AuthBrake
+from smtpworker.inbound.runtime import Node, NodeOptions
 from smtpworker.tests.factories import BOX
 
 

@@ -45,7 +45,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session
 from aiosmtpd.smtp import auth_mechanism as _auth_mechanism
 
-from smtpworker import credentials
+from smtpworker.core import credentials
 from smtpworker.tests.factories import free_port
 
 MODES = ("accept", "421", "451", "550", "refuse", "stall", "drop_mid_data")

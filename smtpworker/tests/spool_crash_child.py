@@ -13,7 +13,7 @@ import hashlib
 import sys
 from pathlib import Path
 
-from smtpworker.spool import Envelope, Spool, new_queue_id
+from smtpworker.core.spool import Envelope, Spool, new_queue_id
 
 MAX_EXTRA = 256 * 1024  # big enough that a kill often lands in the middle of a write
 

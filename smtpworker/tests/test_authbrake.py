@@ -10,10 +10,10 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from smtpworker import authbrake
-from smtpworker.authbrake import AuthBrake, LocalBrake, client_key
-from smtpworker.authpool import PoolBusy, VerifyPool
-from smtpworker.config import AuthBrakeConfig
+from smtpworker.core.config import AuthBrakeConfig
+from smtpworker.inbound import authbrake
+from smtpworker.inbound.authbrake import AuthBrake, LocalBrake, client_key
+from smtpworker.inbound.authpool import PoolBusy, VerifyPool
 
 CFG = AuthBrakeConfig(failures_before_delay=2, block_after_failures=3, window_seconds=60)
 

@@ -6,9 +6,9 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from smtpworker import secretbox
-from smtpworker.config import ConfigFormatError
-from smtpworker.configmac import MAGIC, ConfigAuthError, body_key, sign, verify
+from smtpworker.core import secretbox
+from smtpworker.core.config import ConfigFormatError
+from smtpworker.core.configmac import MAGIC, ConfigAuthError, body_key, sign, verify
 
 KEY = body_key("the site's encryption key")
 BODY = b'{"schema":1,"servers":[],"users":[],"version":3}'

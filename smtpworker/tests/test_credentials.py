@@ -10,7 +10,7 @@ import sys
 import pytest
 from django.contrib.auth.hashers import PBKDF2PasswordHasher
 
-from smtpworker.credentials import (
+from smtpworker.core.credentials import (
     ScramError,
     ScramServer,
     ScramVerifier,
@@ -29,7 +29,7 @@ MOCK_KEY = b"test mock key, stable per deployment"
 
 def test_it_imports_no_django() -> None:
     code = (
-        "import sys, smtpworker.credentials; "
+        "import sys, smtpworker.core.credentials; "
         "sys.exit(any(m == 'django' or m.startswith('django.') for m in sys.modules))"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from smtpworker.data import DataReader, count_received, has_long_line
+from smtpworker.inbound.data import DataReader, count_received, has_long_line
 
 
 def read(*chunks: bytes, limit: int | None = None) -> DataReader:

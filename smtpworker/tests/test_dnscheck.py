@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from smtpworker import policy
-from smtpworker.dnscheck import ReverseResolver
-from smtpworker.grammar import parse_dns_server
+from smtpworker.core.grammar import parse_dns_server
+from smtpworker.inbound import policy
+from smtpworker.inbound.dnscheck import ReverseResolver
 from smtpworker.tests.dnsserver import DnsServer
 from smtpworker.tests.factories import server
 

@@ -11,7 +11,7 @@ from email.utils import parsedate_to_datetime
 
 import pytest
 
-from smtpworker.dsn import RecipientStatus, build_report, parse_reply, should_notify
+from smtpworker.outbound.dsn import RecipientStatus, build_report, parse_reply, should_notify
 
 NOW = datetime(2024, 3, 9, 17, 5, 42, tzinfo=UTC)
 ARRIVAL = NOW - timedelta(hours=12, minutes=3)

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from smtpworker.config import dump_site
-from smtpworker.spool import Spool
+from smtpworker.core.config import dump_site
+from smtpworker.core.spool import Spool
 from smtpworker.tests.factories import free_port, published, server, site
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from smtpworker.grammar import (
+from smtpworker.core.grammar import (
     AccessEntry,
     Binding,
     GrammarError,

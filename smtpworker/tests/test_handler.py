@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 import trustme
 
-from smtpworker import credentials
-from smtpworker.config import ServerConfig, SiteConfig
-from smtpworker.spool import Spool
+from smtpworker.core import credentials
+from smtpworker.core.config import ServerConfig, SiteConfig
+from smtpworker.core.spool import Spool
 from smtpworker.tests.factories import BOX, free_port, remote, server, site, user
 from smtpworker.tests.harness import LiveNode
 
@@ -451,7 +451,7 @@ def _replace(
 ) -> ServerConfig:
     from dataclasses import replace
 
-    from smtpworker.grammar import parse_access_entry
+    from smtpworker.core.grammar import parse_access_entry
 
     if relay_entries is not None:
         kw["relay"] = replace(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from smtpworker import jsonlog
+from smtpworker.core import jsonlog
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -117,12 +117,12 @@ def test_configure_replaces_the_root_handlers(
     jsonlog.configure("INFO", "json", node="n1.0", show_node=True)
     jsonlog.configure("debug", "json", node="n1.1", show_node=True)  # a forked child again
     assert len(root_logger.handlers) == 1 and root_logger.level == logging.DEBUG
-    logging.getLogger("smtpworker.runtime").info("listening", extra={"server": "Relay"})
+    logging.getLogger("smtpworker.inbound.runtime").info("listening", extra={"server": "Relay"})
     (line,) = [json.loads(text) for text in capsys.readouterr().err.splitlines()]
     assert line["node"] == "n1.1" and line["server"] == "Relay"
     jsonlog.configure("INFO", "plain", node="n1.2", show_node=True)
-    logging.getLogger("smtpworker.runtime").info("plain")
-    assert capsys.readouterr().err.rstrip().endswith("INFO n1.2 smtpworker.runtime: plain")
+    logging.getLogger("smtpworker.inbound.runtime").info("plain")
+    assert capsys.readouterr().err.rstrip().endswith("INFO n1.2 smtpworker.inbound.runtime: plain")
     with pytest.raises(ValueError, match="xml"):
         jsonlog.configure("INFO", "xml")
 
@@ -147,7 +147,7 @@ def json_lines(text: str) -> list[dict[str, object]]:
 
 def test_the_worker_module_imports_no_django() -> None:
     code = (
-        "import sys, smtpworker.jsonlog; "
+        "import sys, smtpworker.core.jsonlog; "
         "sys.exit(any(m == 'django' or m.startswith('django.') for m in sys.modules))"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
@@ -158,7 +158,7 @@ def test_a_worker_process_logs_json_lines_on_stderr() -> None:
         "import logging\n"
         "from smtpworker import jsonlog\n"
         "jsonlog.configure('INFO', 'json', node='n1')\n"
-        "log = jsonlog.ContextAdapter(logging.getLogger('smtpworker.handler'),\n"
+        "log = jsonlog.ContextAdapter(logging.getLogger('smtpworker.inbound.handler'),\n"
         "    {'server': 'Relay', 'client_ip': '10.0.0.5', 'session': 's1'})\n"
         "log.debug('not shown')\n"
         "log.bind(queue_id='Q4').info('accepted Q4')\n"
@@ -168,7 +168,7 @@ def test_a_worker_process_logs_json_lines_on_stderr() -> None:
     assert line == {
         "time": line["time"],
         "level": "INFO",
-        "logger": "smtpworker.handler",
+        "logger": "smtpworker.inbound.handler",
         "message": "accepted Q4",
         "node": "n1",
         "server": "Relay",
@@ -184,7 +184,7 @@ import django
 django.setup()
 from mailadmin.celery import app
 
-logging.getLogger("mailadmin.services.delivery").info(
+logging.getLogger("mailadmin.services.delivery.runs").info(
     "delivered", extra={"queue_id": "Q5", "server": "Relay"})
 logging.getLogger("django.request").warning("Not Found: /x", extra={"status_code": 404})
 
@@ -205,7 +205,7 @@ def test_django_and_celery_log_json_lines_with_log_format_json() -> None:
     lines = json_lines(result.stderr)
     by_message = {str(line["message"]): line for line in lines}
     delivered = by_message["delivered"]
-    assert delivered["logger"] == "mailadmin.services.delivery"
+    assert delivered["logger"] == "mailadmin.services.delivery.runs"
     assert delivered["queue_id"] == "Q5" and delivered["server"] == "Relay"
     assert by_message["Not Found: /x"]["status_code"] == 404
     assert by_message["ready"]["logger"] == "celery.worker"
@@ -218,7 +218,7 @@ def test_the_plain_default_keeps_celerys_own_format() -> None:
     result = run_python(DJANGO_AND_CELERY, LOG_FORMAT="plain", LOG_LEVEL="INFO")
     delivered = [line for line in result.stderr.splitlines() if ": delivered" in line]
     assert delivered and delivered[0].endswith(
-        "INFO mailadmin.services.delivery: delivered queue_id=Q5 server=Relay"
+        "INFO mailadmin.services.delivery.runs: delivered queue_id=Q5 server=Relay"
     )
     assert any("INFO/MainProcess] ready" in line for line in result.stderr.splitlines())
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from smtpworker.outbound import (
+from smtpworker.outbound.client import (
     Connection,
     ConnectionPool,
     PoolExhausted,
@@ -20,7 +20,7 @@ from smtpworker.outbound import (
     TransactionResult,
     to_wire,
 )
-from smtpworker.routing import Target
+from smtpworker.outbound.routing import Target
 from smtpworker.tests.factories import NO_SECURITY, free_port
 from smtpworker.tests.sink import Sink
 
@@ -66,7 +66,7 @@ def codes(result: TransactionResult) -> list[int]:
 
 def test_it_imports_no_django() -> None:
     code = (
-        "import sys, smtpworker.outbound; "
+        "import sys, smtpworker.outbound.client; "
         "sys.exit(any(m == 'django' or m.startswith('django.') for m in sys.modules))"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

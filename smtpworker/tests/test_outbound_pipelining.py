@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from smtpworker.outbound import Connection, TransactionResult
-from smtpworker.routing import Target
+from smtpworker.outbound.client import Connection, TransactionResult
+from smtpworker.outbound.routing import Target
 from smtpworker.tests.factories import NO_SECURITY, free_port
 
 HELO = "relay.example.test"

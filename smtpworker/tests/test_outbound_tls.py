@@ -15,13 +15,13 @@ from typing import Any
 import pytest
 import trustme
 
-from smtpworker.config import ConfigFormatError, load_site, to_data
-from smtpworker.outbound import Connection, TransactionResult
-from smtpworker.routing import Target
+from smtpworker.core.config import ConfigFormatError, load_site, to_data
+from smtpworker.core.tlsinfo import TlsConfigError, check_ca_certificates
+from smtpworker.outbound.client import Connection, TransactionResult
+from smtpworker.outbound.routing import Target
 from smtpworker.tests.factories import NO_SECURITY, server, site
 from smtpworker.tests.mitm import Mitm
 from smtpworker.tests.sink import Sink
-from smtpworker.tlsinfo import TlsConfigError, check_ca_certificates
 
 HELO = "relay.example.test"
 MESSAGE = b"From: a@example.org\r\nTo: b@example.test\r\nSubject: hi\r\n\r\nHello.\r\n"

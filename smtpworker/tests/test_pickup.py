@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from smtpworker.pickup import STALE_CLAIM_AGE, PickupResult, process_pickup
-from smtpworker.spool import Envelope, Spool, new_queue_id
+from smtpworker.core.spool import Envelope, Spool, new_queue_id
+from smtpworker.inbound.pickup import STALE_CLAIM_AGE, PickupResult, process_pickup
 
 SERVER = "Default SMTP Virtual Server"
 NOW = 1_750_000_000.0
@@ -79,7 +79,7 @@ def split_received(data: bytes) -> tuple[bytes, bytes]:
 
 def test_it_imports_no_django() -> None:
     code = (
-        "import sys, smtpworker.pickup; "
+        "import sys, smtpworker.inbound.pickup; "
         "sys.exit(any(m == 'django' or m.startswith('django.') for m in sys.modules))"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -1,4 +1,4 @@
-"""Table-driven tests of smtpworker.policy over every IIS option; no database."""
+"""Table-driven tests of smtpworker.inbound.policy over every IIS option; no database."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ from typing import Any
 
 import pytest
 
-from smtpworker import policy
-from smtpworker.config import (
+from smtpworker.core.config import (
     AccessPolicy,
     AuthConfig,
     DeliveryConfig,
@@ -22,8 +21,9 @@ from smtpworker.config import (
     ServerConfig,
     TlsConfig,
 )
-from smtpworker.grammar import Binding, GrammarError, Mailbox, parse_access_entry
-from smtpworker.policy import Client, Decision
+from smtpworker.core.grammar import Binding, GrammarError, Mailbox, parse_access_entry
+from smtpworker.inbound import policy
+from smtpworker.inbound.policy import Client, Decision
 
 KB = 1024
 NO_SECURITY = OutboundSecurity(

@@ -7,8 +7,8 @@ from dataclasses import replace
 
 import pytest
 
-from smtpworker.config import ConfigFormatError, dump_site, load_site
-from smtpworker.grammar import (
+from smtpworker.core.config import ConfigFormatError, dump_site, load_site
+from smtpworker.core.grammar import (
     Binding,
     GrammarError,
     bindings_conflict,

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from smtpworker.config import ServerConfig
-from smtpworker.grammar import Binding, parse_access_entry
-from smtpworker.spool import Spool
+from smtpworker.core.config import ServerConfig
+from smtpworker.core.grammar import Binding, parse_access_entry
+from smtpworker.core.spool import Spool
 from smtpworker.tests.factories import free_port, server, site
 from smtpworker.tests.harness import LiveNode
 from smtpworker.tests.test_proxyproto import tcp4, v2

@@ -8,8 +8,8 @@ import struct
 
 import pytest
 
-from smtpworker.grammar import parse_access_entry
-from smtpworker.proxyproto import (
+from smtpworker.core.grammar import parse_access_entry
+from smtpworker.inbound.proxyproto import (
     V1_MAX_LENGTH,
     V2_MAX_LENGTH,
     V2_SIGNATURE,

@@ -14,8 +14,8 @@ import dns.message
 import dns.query
 import pytest
 
-from smtpworker.config import DomainConfig, OutboundConfig, OutboundSecurity, ServerConfig
-from smtpworker.routing import (
+from smtpworker.core.config import DomainConfig, OutboundConfig, OutboundSecurity, ServerConfig
+from smtpworker.outbound.routing import (
     Hop,
     NoRoute,
     NullMX,
@@ -52,7 +52,7 @@ def domain(name: str, *, smart_host: str = "", forward: bool = False, **kw: Any)
 
 def test_it_imports_no_django() -> None:
     code = (
-        "import sys, smtpworker.routing; "
+        "import sys, smtpworker.outbound.routing; "
         "sys.exit(any(m == 'django' or m.startswith('django.') for m in sys.modules))"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

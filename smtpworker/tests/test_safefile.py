@@ -1,4 +1,4 @@
-"""smtpworker.safefile: new files are exclusive, no write goes through a link."""
+"""smtpworker.core.safefile: new files are exclusive, no write goes through a link."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from smtpworker import safefile
+from smtpworker.core import safefile
 
 SECRET = b"precious\n"
 

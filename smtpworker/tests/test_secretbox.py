@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from smtpworker.secretbox import (
+from smtpworker.core.secretbox import (
     PUBLIC_DEVELOPMENT_KEY,
     SecretBox,
     SecretBoxError,
@@ -22,7 +22,7 @@ WRONG_KEY_MESSAGE = (
 
 def test_it_imports_no_django() -> None:
     code = (
-        "import sys, smtpworker.secretbox; "
+        "import sys, smtpworker.core.secretbox; "
         "sys.exit(any(m == 'django' or m.startswith('django.') for m in sys.modules))"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from smtpworker.spool import Envelope, MessageNotFound, Spool, SpoolError, new_queue_id
+from smtpworker.core.spool import Envelope, MessageNotFound, Spool, SpoolError, new_queue_id
 from smtpworker.tests import spool_crash_child as child
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,7 +52,7 @@ def all_files(directory: Path) -> list[str]:
 
 def test_it_imports_no_django() -> None:
     code = (
-        "import sys, smtpworker.spool; "
+        "import sys, smtpworker.core.spool; "
         "sys.exit(any(m == 'django' or m.startswith('django.') for m in sys.modules))"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

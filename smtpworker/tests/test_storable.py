@@ -1,4 +1,4 @@
-"""smtpworker.storable: what the network sends, made storable on every database."""
+"""smtpworker.core.storable: what the network sends, made storable on every database."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from smtpworker.storable import ELLIPSIS, storable
+from smtpworker.core.storable import ELLIPSIS, storable
 
 CASES = [
     # (what came from the network, max_length, what is stored)

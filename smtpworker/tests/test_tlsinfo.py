@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa, x25519
 from cryptography.x509.oid import NameOID
 
-from smtpworker.tlsinfo import (
+from smtpworker.core.tlsinfo import (
     CertificateInfo,
     TlsConfigError,
     build_ssl_context,
@@ -76,7 +76,7 @@ def self_signed(key: Any, *, days: int = 30, san: bool = True) -> str:
 
 def test_it_imports_no_django() -> None:
     code = (
-        "import sys, smtpworker.tlsinfo; "
+        "import sys, smtpworker.core.tlsinfo; "
         "sys.exit(any(m == 'django' or m.startswith('django.') for m in sys.modules))"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

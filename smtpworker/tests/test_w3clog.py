@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from smtpworker.w3clog import FIELDS, RETRY_SECONDS, WARN_SECONDS, LogRecord, W3CLog, escape
+from smtpworker.inbound.w3clog import FIELDS, RETRY_SECONDS, WARN_SECONDS, LogRecord, W3CLog, escape
 
 WHEN = datetime(2024, 3, 9, 17, 5, 42, tzinfo=UTC)  # a Saturday
 DEFAULT_FIELDS = ("date", "time", "c-ip", "cs-method", "cs-uri-query", "sc-status")
@@ -398,7 +398,7 @@ def test_a_write_error_is_swallowed_and_logged_once(
     clock = FakeClock()
     log = make_log(tmp_path, clock=clock)
 
-    with caplog.at_level(logging.WARNING, logger="smtpworker.w3clog"), file_size_limit(16):
+    with caplog.at_level(logging.WARNING, logger="smtpworker.inbound.w3clog"), file_size_limit(16):
         log.write(record())
         log.flush()
         clock.now += RETRY_SECONDS
@@ -418,7 +418,7 @@ def test_unopenable_directory_is_swallowed_and_recovers(
     clock = FakeClock()
     log = make_log(tmp_path, clock=clock)
 
-    with caplog.at_level(logging.WARNING, logger="smtpworker.w3clog"):
+    with caplog.at_level(logging.WARNING, logger="smtpworker.inbound.w3clog"):
         log.write(record())  # open fails
         log.write(record())  # inside the retry window: dropped without a syscall
         (tmp_path / "LogFiles").unlink()

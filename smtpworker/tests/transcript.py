@@ -1,6 +1,6 @@
 """In-memory SMTP transcripts: a session of the real handler on a transport that is a buffer.
 
-No socket: the client's bytes go straight into :class:`~smtpworker.handler.SmtpSession`
+No socket: the client's bytes go straight into :class:`~smtpworker.inbound.handler.SmtpSession`
 (``data_received``) and everything it writes is collected, so a test can assert every reply
 of a session exactly, the way aiosmtpd's own and Zulip's transcript tests do::
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from smtpworker.handler import ServerContext, SmtpSession
+from smtpworker.inbound.handler import ServerContext, SmtpSession
 
 
 class BufferTransport(asyncio.Transport):

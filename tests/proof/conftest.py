@@ -19,8 +19,8 @@ import pytest
 from django.contrib.auth.models import Group, User
 
 from mailadmin.tests.conftest import test_redis  # noqa: F401 (a fixture, shared here)
-from smtpworker.config import ServerConfig, UserConfig
-from smtpworker.spool import Envelope, Spool
+from smtpworker.core.config import ServerConfig, UserConfig
+from smtpworker.core.spool import Envelope, Spool
 from smtpworker.tests.factories import free_port, local, remote, server, site
 from smtpworker.tests.harness import LiveNode
 

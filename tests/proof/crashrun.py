@@ -178,7 +178,7 @@ class Environment:
         self._manage(
             "-c",
             "import django; django.setup(); "
-            "from mailadmin.services.config import config_republish; config_republish()",
+            "from mailadmin.services.config.versions import config_republish; config_republish()",
         )
         for role in ("smtp", "worker", "beat"):
             self.product.start(role)

@@ -1,6 +1,6 @@
 """Suite 3: property-based fuzzing (hypothesis) of the grammar, the policy and the session.
 
-* The parsers of ``smtpworker.grammar`` and the decisions of ``smtpworker.policy`` take
+* The parsers of ``smtpworker.core.grammar`` and the decisions of ``smtpworker.inbound.policy`` take
   arbitrary text: the only exception allowed is GrammarError (the ValueError subclass they
   are documented to raise), and what parses is canonical (parsing its text again gives
   the same value).
@@ -28,9 +28,10 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from smtpworker import grammar, policy
-from smtpworker.config import DomainConfig, ServerConfig
-from smtpworker.grammar import GrammarError
+from smtpworker.core import grammar
+from smtpworker.core.config import DomainConfig, ServerConfig
+from smtpworker.core.grammar import GrammarError
+from smtpworker.inbound import policy
 from smtpworker.tests.factories import local, remote, server, user
 from smtpworker.tests.harness import LiveNode
 from tests.proof.conftest import LOCAL_DOMAIN, Wire, internet_relay, serve
@@ -189,7 +190,7 @@ def recipients(draw: st.DrawFn, cfg: ServerConfig) -> str:
 
 
 def domain_allowed(cfg: ServerConfig, domain: str) -> bool:
-    """The oracle, written without smtpworker.grammar: an exact local domain, or a remote
+    """The oracle, written without smtpworker.core.grammar: an exact local domain, or a remote
     domain with relay allowed (``*.name`` means strictly below ``name``)."""
     for entry in cfg.domains:
         if entry.kind == "local" and entry.name == domain:

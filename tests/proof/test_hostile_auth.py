@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 import redis
 
-from smtpworker import authbrake
-from smtpworker.authbrake import AuthBrake
-from smtpworker.config import ServerConfig
-from smtpworker.grammar import parse_binding
+from smtpworker.core.config import ServerConfig
+from smtpworker.core.grammar import parse_binding
+from smtpworker.inbound import authbrake
+from smtpworker.inbound.authbrake import AuthBrake
 from smtpworker.tests.factories import free_port, site, user
 from smtpworker.tests.harness import LiveNode
 from tests.proof.conftest import LOCAL_DOMAIN, Wire, internet_relay, spool_of

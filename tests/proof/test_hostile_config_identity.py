@@ -25,7 +25,7 @@ from django.core.management import call_command
 from rest_framework.test import APIClient
 
 from mailadmin.models import ConfigSnapshot, SiteIdentity, VirtualServer
-from mailadmin.services.config import (
+from mailadmin.services.config.versions import (
     REDIS_BODY_KEY,
     REDIS_CHANNEL,
     config_republish,
@@ -34,7 +34,7 @@ from mailadmin.services.config import (
 )
 from mailadmin.tests.conftest import db_state
 from mailadmin.tests.stack import Stack, until
-from smtpworker import configmac
+from smtpworker.core import configmac
 from smtpworker.tests.factories import free_port
 
 pytestmark = pytest.mark.usefixtures("fast_hashing")

@@ -26,8 +26,8 @@ from mailadmin.tests import conftest as shared
 from mailadmin.tests.stack import Stack, until
 from mailadmin.tests.test_delivery import BODY, make_server, reports_to, run, spool
 from mailadmin.tests.test_delivery_e2e import configure
-from smtpworker.pickup import process_pickup
-from smtpworker.spool import Spool
+from smtpworker.core.spool import Spool
+from smtpworker.inbound.pickup import process_pickup
 from smtpworker.tests.factories import free_port, local, server, site
 from smtpworker.tests.harness import LiveNode
 from smtpworker.tests.sink import Sink

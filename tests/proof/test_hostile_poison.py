@@ -30,9 +30,9 @@ from django.db.models import Model
 from rest_framework.test import APIClient
 
 from mailadmin.models import Attempt, ConfigSnapshot, Message, MessageState, Recipient
-from mailadmin.services import sweep as sweep_services
-from mailadmin.services.delivery import messages_deliver
-from mailadmin.services.queue import spool_for
+from mailadmin.services.delivery import sweep as sweep_services
+from mailadmin.services.delivery.queue import spool_for
+from mailadmin.services.delivery.runs import messages_deliver
 from mailadmin.tests import conftest as shared
 from mailadmin.tests.stack import Stack, until
 from mailadmin.tests.test_delivery import make_server, spool

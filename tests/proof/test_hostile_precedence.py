@@ -1,6 +1,6 @@
 """Issue 10 item 2: the relay decision and routing pick the same domain entry.
 
-One function (:func:`smtpworker.config.domain_entry`) decides which domain entry governs a
+One function (:func:`smtpworker.core.config.domain_entry`) decides which domain entry governs a
 recipient domain: a local domain of that exact name, then a remote domain of that exact
 name, then the most specific remote wildcard. The same table is checked at three levels:
 the function itself (with the policy and routing that call it), a real SMTP session on
@@ -20,9 +20,9 @@ import pytest
 from django.contrib.auth.models import User
 from rest_framework.test import APIClient
 
-from smtpworker import policy
-from smtpworker.config import DomainConfig, domain_entry
-from smtpworker.routing import route
+from smtpworker.core.config import DomainConfig, domain_entry
+from smtpworker.inbound import policy
+from smtpworker.outbound.routing import route
 from smtpworker.tests.factories import free_port, local, remote, server
 from smtpworker.tests.harness import LiveNode
 from tests.proof.conftest import LOCAL_DOMAIN, Wire, internet_relay, serve

@@ -25,7 +25,7 @@ import pytest
 from django.contrib.auth.models import User
 from rest_framework.test import APIClient
 
-from smtpworker import dsn
+from smtpworker.outbound import dsn
 from smtpworker.tests.harness import LiveNode
 from smtpworker.tests.sink import Sink
 from smtpworker.tests.transcript import transcript
@@ -209,7 +209,7 @@ def sink(request: pytest.FixtureRequest) -> Iterator[Sink]:
 @pytest.mark.usefixtures("mailroot")
 def test_mail_to_unusual_mx_names_is_bounced_with_an_ndr(api: APIClient, sink: Sink) -> None:
     from mailadmin.models import Message, MessageState, Recipient, RecipientState
-    from mailadmin.services.queue import spool_for
+    from mailadmin.services.delivery.queue import spool_for
     from mailadmin.tests.test_delivery import make_server, run, spool
     from smtpworker.tests.dnsserver import DnsServer
 

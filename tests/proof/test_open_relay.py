@@ -6,8 +6,8 @@ allowed). A form passes if it is refused, or if every recipient of the message i
 in the spool is a plain mailbox in an allowed domain: whatever the client typed, the mail
 can only go where the configuration allows (DESIGN invariant 4).
 
-The oracle (:func:`stays_inside`) is written here, independently of ``smtpworker.grammar``
-and ``smtpworker.policy``, and :func:`test_the_battery_reports_an_open_relay` shows it
+The oracle (:func:`stays_inside`) is written here, independently of ``smtpworker.core.grammar``
+and ``smtpworker.inbound.policy``, and :func:`test_the_battery_reports_an_open_relay` shows it
 fails an open configuration.
 """
 
@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from smtpworker.config import ServerConfig
-from smtpworker.spool import Spool
+from smtpworker.core.config import ServerConfig
+from smtpworker.core.spool import Spool
 from smtpworker.tests.factories import user
 from smtpworker.tests.harness import LiveNode
 from tests.proof.conftest import (

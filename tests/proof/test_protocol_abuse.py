@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 import trustme
 
-from smtpworker.authbrake import AuthBrake
-from smtpworker.config import ServerConfig
+from smtpworker.core.config import ServerConfig
+from smtpworker.inbound.authbrake import AuthBrake
 from smtpworker.tests.factories import BOX, user
 from smtpworker.tests.harness import LiveNode
 from tests.proof.conftest import (

@@ -26,7 +26,7 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
-from smtpworker import safefile
+from smtpworker.core import safefile
 
 PASSWORD_FILE_NAME = "admin-password.txt"
 RESET_HINT = "reset it with `python manage.py changepassword {username}`"

@@ -18,8 +18,8 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from mailadmin.services.secrets import reseal_secrets
-from smtpworker.secretbox import PUBLIC_DEVELOPMENT_KEY, key_problem
+from mailadmin.services.config.secrets import reseal_secrets
+from smtpworker.core.secretbox import PUBLIC_DEVELOPMENT_KEY, key_problem
 
 
 class Command(BaseCommand):

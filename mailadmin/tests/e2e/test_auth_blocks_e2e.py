@@ -11,11 +11,11 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from playwright.sync_api import Page, expect
 
-from mailadmin.services import servers as server_services
+from mailadmin.services.config import servers as server_services
 from mailadmin.tests.e2e.test_console_screens import log_in, shot
-from smtpworker.authbrake import AuthBrake
-from smtpworker.config import AuthBrakeConfig
-from smtpworker.grammar import parse_binding
+from smtpworker.core.config import AuthBrakeConfig
+from smtpworker.core.grammar import parse_binding
+from smtpworker.inbound.authbrake import AuthBrake
 
 
 def block(server: str, client: str) -> None:

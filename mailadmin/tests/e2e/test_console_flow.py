@@ -12,8 +12,8 @@ from playwright.sync_api import Locator, Page, expect
 
 from mailadmin import configdoc
 from mailadmin.models import ConfigSnapshot, VirtualServer
-from mailadmin.services.servers import server_set_state
-from mailadmin.services.users import user_create
+from mailadmin.services.config.servers import server_set_state
+from mailadmin.services.config.users import user_create
 from mailadmin.tests.e2e.conftest import ADMIN_PASSWORD
 from mailadmin.tests.stack import Stack
 

@@ -22,8 +22,8 @@ from playwright.sync_api import Browser, Page, expect
 
 from mailadmin import configdoc
 from mailadmin.models import VirtualServer
-from mailadmin.services import servers as server_services
-from mailadmin.services.config import current_version
+from mailadmin.services.config import servers as server_services
+from mailadmin.services.config.versions import current_version
 from mailadmin.tests.e2e.conftest import ADMIN_PASSWORD, ARTIFACTS
 
 SCREENS = ARTIFACTS / "screens"

@@ -19,7 +19,7 @@ from playwright.sync_api import Browser, Page, expect
 from rest_framework.test import APIClient
 
 from mailadmin.models import Message, MessageState
-from mailadmin.services.traffic import traffic_add, traffic_add_rejected
+from mailadmin.services.delivery.traffic import traffic_add, traffic_add_rejected
 from mailadmin.tests.e2e.conftest import received_ago, spool_mail
 from mailadmin.tests.e2e.test_console_screens import log_in, shot
 from mailadmin.tests.test_delivery import run

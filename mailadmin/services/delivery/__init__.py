@@ -1,0 +1,1 @@
+"""Delivery services: taking spooled mail in, delivery runs, reports, the sweep, counters."""
