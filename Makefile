@@ -16,7 +16,7 @@ help:
 	@echo "make run        keys, migrate, collect static, ensure an admin, run every process (Ctrl-C stops)"
 	@echo "make test       run pytest with a real Redis (PYTEST_ARGS=... passes arguments)"
 	@echo "make proof      run the proof suites (tests/proof, long ones too) and print one table"
-	@echo "make lint       ruff check, ruff format --check, mypy"
+	@echo "make lint       ruff check, ruff format --check, import contracts (lint-imports), mypy"
 	@echo "make fmt        ruff check --fix, ruff format"
 	@echo "make install    create $(VENV) and install requirements-dev.txt"
 
@@ -46,6 +46,8 @@ proof: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check . $(SCRIPTS)
 	$(BIN)/ruff format --check . $(SCRIPTS)
+	@# The layering contracts in pyproject.toml ([tool.importlinter]).
+	$(BIN)/lint-imports
 	$(MAKE) --no-print-directory typecheck
 
 typecheck: $(STAMP)
