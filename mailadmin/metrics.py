@@ -59,7 +59,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
-from mailadmin.api.permissions import can_read
+from mailadmin.access import can_read
 from mailadmin.models import OPEN_STATES, Message, MessageState, TrafficCounter, VirtualServer
 from mailadmin.selectors import worker_statuses
 from mailadmin.services.config.versions import current_version

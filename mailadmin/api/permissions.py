@@ -1,40 +1,17 @@
-"""Who may do what through the API: administrators write, operators only read."""
+"""Who may do what through the API: administrators write, operators only read.
+
+The rules are ``mailadmin.access``'s, shared with the console and ``/metrics``; this module
+only fits them to DRF's permission classes.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from django.contrib.auth.base_user import AbstractBaseUser
-from django.contrib.auth.models import AnonymousUser
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 from rest_framework.request import Request
 
-ADMINISTRATORS = "administrators"
-OPERATORS = "operators"
-
-
-def can_write(user: AbstractBaseUser | AnonymousUser) -> bool:
-    """Superusers and members of the administrators group change configuration."""
-    if not user.is_authenticated or not user.is_active:
-        return False
-    # getattr: AbstractBaseUser declares neither; Django's User (and PermissionsMixin) has both.
-    if getattr(user, "is_superuser", False):
-        return True
-    return _in_group(user, ADMINISTRATORS)
-
-
-def can_read(user: AbstractBaseUser | AnonymousUser) -> bool:
-    """Writers, and members of the operators group, may look."""
-    if can_write(user):
-        return True
-    # is_active as in can_write: a deactivated operator loses access even when it was
-    # authenticated by a route that does not itself refuse inactive users.
-    return bool(user.is_authenticated and user.is_active and _in_group(user, OPERATORS))
-
-
-def _in_group(user: AbstractBaseUser | AnonymousUser, name: str) -> bool:
-    groups = getattr(user, "groups", None)
-    return bool(groups is not None and groups.filter(name=name).exists())
+from mailadmin.access import can_read, can_write
 
 
 class IsAdminOrReadOnlyOperator(BasePermission):

@@ -11,7 +11,6 @@ from django.utils import timezone
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import mixins, serializers, viewsets
 from rest_framework.decorators import action
-from rest_framework.pagination import CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -19,6 +18,7 @@ from mailadmin import queues
 from mailadmin.api.parsers import PARSERS
 from mailadmin.api.schema import ApiSchema
 from mailadmin.models import Message
+from mailadmin.paging import NewestFirst
 from mailadmin.services.delivery import queue as queue_services
 from mailadmin.services.delivery import reports as report_services
 from mailadmin.tasks import enqueue_messages
@@ -101,15 +101,6 @@ class BulkSerializer(serializers.Serializer):
     queue_ids = serializers.ListField(
         child=serializers.CharField(max_length=32), min_length=1, max_length=10_000
     )
-
-
-class NewestFirst(CursorPagination):
-    """Cursor paging: as fast on page 1,000 of 100,000 queued messages as on page 1."""
-
-    ordering = ("-received_at", "-id")
-    page_size = 50
-    page_size_query_param = "limit"
-    max_page_size = 500
 
 
 class MessageFilterSerializer(serializers.Serializer):

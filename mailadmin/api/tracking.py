@@ -19,9 +19,9 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from mailadmin.api.queue_views import NewestFirst
 from mailadmin.api.schema import ApiSchema
 from mailadmin.models import Message, MessageState
+from mailadmin.paging import NewestFirst
 from mailadmin.tracking import EVENTS, message_events, parse_moment, tracked_messages
 
 

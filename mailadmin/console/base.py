@@ -23,10 +23,10 @@ from django.shortcuts import render
 from rest_framework.exceptions import NotFound
 from rest_framework.request import Request
 
-from mailadmin.api.permissions import can_read, can_write
-from mailadmin.api.queue_views import NewestFirst
+from mailadmin.access import can_read, can_write
 from mailadmin.console.forms import describe
 from mailadmin.models import Message, VirtualServer
+from mailadmin.paging import NewestFirst
 from mailadmin.selectors import server_runtime, worker_statuses
 from mailadmin.services.config.versions import current_version
 
@@ -129,8 +129,9 @@ def render_console(
 def newest_first_page(
     request: HttpRequest, queryset: QuerySet[Message], gone: str
 ) -> tuple[list[Message], str | None, str | None]:
-    """One page of messages, newest first, by the API's cursor paging (fast at any depth),
-    and the links to the older and newer pages; a stale cursor is a 404 saying ``gone``."""
+    """One page of messages, newest first, by the API's cursor paging (``mailadmin.paging``,
+    fast at any depth), and the links to the older and newer pages; a stale cursor is a 404
+    saying ``gone``."""
     paginator = NewestFirst()
     try:
         page = paginator.paginate_queryset(queryset, Request(request)) or []

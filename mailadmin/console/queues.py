@@ -20,11 +20,11 @@ from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 
 from mailadmin import queues
-from mailadmin.api.permissions import can_write
-from mailadmin.api.queue_views import NewestFirst
+from mailadmin.access import can_write
 from mailadmin.console.base import author, console_view, newest_first_page, render_console
 from mailadmin.console.servers import back
 from mailadmin.models import OPEN_STATES, Message, MessageState, RecipientState, VirtualServer
+from mailadmin.paging import NewestFirst
 from mailadmin.services.delivery import queue as queue_services
 from mailadmin.services.delivery import reports as report_services
 from mailadmin.tasks import enqueue_messages

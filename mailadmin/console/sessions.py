@@ -9,7 +9,7 @@ from django.contrib import messages
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 
-from mailadmin.api.permissions import can_write
+from mailadmin.access import can_write
 from mailadmin.console.base import author, console_view, render_console
 from mailadmin.console.servers import wants_json
 from mailadmin.exceptions import ConfigError

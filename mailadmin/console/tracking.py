@@ -21,10 +21,10 @@ from django.shortcuts import get_object_or_404
 from django.urls import reverse
 from django.utils import timezone
 
-from mailadmin.api.queue_views import NewestFirst
 from mailadmin.console.base import console_view, newest_first_page, render_console
 from mailadmin.console.queues import short_age
 from mailadmin.models import OPEN_STATES, Message, MessageState, RecipientState, VirtualServer
+from mailadmin.paging import NewestFirst
 from mailadmin.tracking import message_events, parse_moment, tracked_messages
 
 QUEUE_ID = re.compile(r"[0-9A-Z]+")
