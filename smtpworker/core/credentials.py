@@ -5,6 +5,11 @@
 - CRAM-MD5 (RFC 2195): the two HMAC-MD5 midstates, as Dovecot stores them. They are
   password-equivalent for CRAM-MD5 alone, so callers seal them at rest (see secretbox).
 
+It also holds the primitives those verifiers are made of (SASLprep, SCRAM's key
+derivation, HMAC-SHA-256, base64 text), which the SASL exchanges in ``smtpworker.sasl``
+use too: one implementation of each, here, since the core may not import ``sasl``.
+The exchanges themselves (challenges, SCRAM messages, proofs) live in ``smtpworker.sasl``.
+
 Nothing here does I/O, so the SMTP worker can call it from its async AUTH handlers.
 """
 
@@ -18,21 +23,21 @@ import math
 import secrets
 import stringprep
 import struct
-import time
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = [
-    "ScramError",
-    "ScramServer",
     "ScramVerifier",
+    "b64",
     "cram_md5_digest",
     "hash_password",
-    "make_challenge",
+    "hmac_sha256",
     "make_cram_md5_context",
     "make_scram_verifier",
     "saslprep",
+    "scram_keys",
+    "unb64",
     "verify_cram_md5",
     "verify_password",
 ]
@@ -123,20 +128,29 @@ def saslprep(text: str, *, allow_unassigned: bool = True) -> str:
 # --- SCRAM-SHA-256 (RFC 5802 / RFC 7677) ------------------------------------------------
 
 
-class ScramError(Exception):
-    """The SCRAM exchange failed: malformed message, refused option, or wrong proof."""
-
-
-def _hmac256(key: bytes, msg: bytes) -> bytes:
+def hmac_sha256(key: bytes, msg: bytes) -> bytes:
+    """HMAC-SHA-256 of ``msg`` under ``key`` (RFC 5802's HMAC for SCRAM-SHA-256)."""
     return hmac.new(key, msg, hashlib.sha256).digest()
 
 
-def _b64(data: bytes) -> str:
+def b64(data: bytes) -> str:
+    """``data`` in standard base64, as text (verifiers, SCRAM attributes, SMTP AUTH lines)."""
     return base64.b64encode(data).decode("ascii")
 
 
-def _unb64(text: str) -> bytes:
+def unb64(text: str) -> bytes:
+    """Decode strict standard base64. Raises ValueError (binascii.Error is one) for
+    anything else, non-ASCII text included."""
     return base64.b64decode(text.encode("ascii"), validate=True)
+
+
+def scram_keys(password: str, salt: bytes, iterations: int) -> tuple[bytes, bytes, bytes]:
+    """ClientKey, StoredKey and ServerKey (RFC 5802 section 3) of ``password``, which
+    must already be SASLprep'd: what a verifier stores, and what a client proves with."""
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac_sha256(salted, b"Client Key")
+    stored_key = hashlib.sha256(client_key).digest()
+    return client_key, stored_key, hmac_sha256(salted, b"Server Key")
 
 
 @dataclass(frozen=True)
@@ -154,8 +168,8 @@ class ScramVerifier:
         This is the form PostgreSQL and others use, so verifiers can be moved between them.
         """
         return (
-            f"SCRAM-SHA-256${self.iterations}:{_b64(self.salt)}"
-            f"${_b64(self.stored_key)}:{_b64(self.server_key)}"
+            f"SCRAM-SHA-256${self.iterations}:{b64(self.salt)}"
+            f"${b64(self.stored_key)}:{b64(self.server_key)}"
         )
 
     @classmethod
@@ -167,7 +181,7 @@ class ScramVerifier:
             stored_key, server_key = keys.split(":")
             if scheme != "SCRAM-SHA-256" or not iterations.isdecimal():
                 raise ValueError
-            verifier = cls(_unb64(salt), int(iterations), _unb64(stored_key), _unb64(server_key))
+            verifier = cls(unb64(salt), int(iterations), unb64(stored_key), unb64(server_key))
         except (ValueError, binascii.Error):
             raise ValueError("not a SCRAM-SHA-256 verifier") from None
         if verifier.iterations < 1 or {len(verifier.stored_key), len(verifier.server_key)} != {32}:
@@ -186,150 +200,8 @@ def make_scram_verifier(
     if iterations < 1:
         raise ValueError("iterations must be at least 1")
     salt = secrets.token_bytes(16) if salt is None else salt
-    salted = hashlib.pbkdf2_hmac("sha256", saslprep(password).encode(), salt, iterations)
-    stored_key = hashlib.sha256(_hmac256(salted, b"Client Key")).digest()
-    return ScramVerifier(salt, iterations, stored_key, _hmac256(salted, b"Server Key"))
-
-
-def _decode_message(message: bytes) -> str:
-    try:
-        return message.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ScramError("message is not UTF-8") from None
-
-
-def _decode_saslname(text: str) -> str:
-    # RFC 5802 section 5.1: "," and "=" travel as "=2C" and "=3D"; any other "=" is an error.
-    # Decode "=2C" first so that "=3D2C" (a literal "=2C") is not decoded twice.
-    if text.count("=") != text.count("=2C") + text.count("=3D"):
-        raise ScramError("malformed user name")
-    name = text.replace("=2C", ",").replace("=3D", "=")
-    if not name:
-        raise ScramError("empty user name")
-    return name
-
-
-def _is_nonce(text: str) -> bool:
-    return bool(text) and all("!" <= ch <= "~" and ch != "," for ch in text)
-
-
-class ScramServer:
-    """The server side of one SCRAM-SHA-256 exchange, without I/O.
-
-    Call :meth:`first` with the client-first message and send back what it returns, then
-    :meth:`final` with the client-final message. On success ``username`` is set and
-    :meth:`final` returns the server-final message (``v=...``); every failure raises
-    :class:`ScramError` and ends the exchange. Only ``n`` and ``y`` GS2 flags are accepted
-    (no channel binding: SCRAM-SHA-256-PLUS must not be advertised).
-
-    ``lookup`` maps a user name, as the client sent it, to its verifier or None. An unknown
-    user still gets a server-first message, with a salt derived from ``mock_key`` and the
-    name, so probing names reveals nothing; it fails at the final step like a wrong
-    password. ``mock_key`` must be a server secret that is stable across connections and
-    nodes: were the fake salt unkeyed, anyone could recompute it and spot unknown users.
-    ``mock_iterations`` should match the iteration count real verifiers use.
-    """
-
-    def __init__(
-        self,
-        lookup: Callable[[str], ScramVerifier | None],
-        *,
-        mock_key: bytes,
-        nonce: Callable[[], str] = secrets.token_urlsafe,
-        mock_iterations: int = 4096,
-    ) -> None:
-        if not mock_key:
-            raise ValueError("mock_key must be a non-empty server secret")
-        self._lookup = lookup
-        self._mock_key = mock_key
-        self._make_nonce = nonce
-        self._mock_iterations = mock_iterations
-        self._step = "first"
-        self._candidate = ""
-        self._verifier: ScramVerifier | None = None
-        self._known = False
-        self._channel_binding = ""
-        self._nonce = ""
-        self._auth_prefix = ""
-        self.username: str | None = None
-
-    def first(self, client_first: bytes) -> bytes:
-        """Answer the client-first message with the server-first message."""
-        if self._step != "first":
-            raise ScramError("unexpected client-first message")
-        self._step = "failed"  # until this step completes; a failed exchange cannot resume
-        gs2_flag, authzid, bare = self._split_client_first(_decode_message(client_first))
-        attrs = bare.split(",")
-        if attrs[0].startswith("m="):
-            raise ScramError("unsupported mandatory extension")
-        if len(attrs) < 2 or not attrs[0].startswith("n=") or not attrs[1].startswith("r="):
-            raise ScramError("malformed client-first message")
-        username = _decode_saslname(attrs[0][2:])
-        if authzid and (not authzid.startswith("a=") or _decode_saslname(authzid[2:]) != username):
-            raise ScramError("authorization identity must equal the user name")
-        client_nonce, server_nonce = attrs[1][2:], self._make_nonce()
-        if not _is_nonce(client_nonce) or not _is_nonce(server_nonce):
-            raise ScramError("malformed nonce")
-        verifier = self._lookup(username)
-        self._known = verifier is not None
-        self._verifier = verifier if verifier is not None else self._mock_verifier(username)
-        self._candidate = username
-        self._nonce = client_nonce + server_nonce
-        self._channel_binding = _b64(f"{gs2_flag},{authzid},".encode())
-        server_first = (
-            f"r={self._nonce},s={_b64(self._verifier.salt)},i={self._verifier.iterations}"
-        )
-        self._auth_prefix = f"{bare},{server_first},"
-        self._step = "final"
-        return server_first.encode()
-
-    def final(self, client_final: bytes) -> bytes:
-        """Check the client-final message's proof; return the server-final message."""
-        if self._step != "final" or self._verifier is None:
-            raise ScramError("unexpected client-final message")
-        self._step = "failed"
-        without_proof, sep, proof_text = _decode_message(client_final).rpartition(",p=")
-        attrs = without_proof.split(",")
-        if not sep or len(attrs) < 2:
-            raise ScramError("malformed client-final message")
-        if attrs[0] != f"c={self._channel_binding}":
-            raise ScramError("channel binding data does not match")
-        if attrs[1] != f"r={self._nonce}":
-            raise ScramError("nonce does not match")
-        try:
-            proof = _unb64(proof_text)
-        except (ValueError, binascii.Error):
-            raise ScramError("malformed proof") from None
-        auth_message = (self._auth_prefix + without_proof).encode()
-        stored_key = self._verifier.stored_key
-        client_key = bytes(
-            p ^ s for p, s in zip(proof, _hmac256(stored_key, auth_message), strict=False)
-        )
-        matches = hmac.compare_digest(hashlib.sha256(client_key).digest(), stored_key)
-        # One message for an unknown user and a wrong password: the reply must not tell them apart.
-        if not (matches and self._known and len(proof) == len(stored_key)):
-            raise ScramError("authentication failed")
-        self._step = "done"
-        self.username = self._candidate
-        return f"v={_b64(_hmac256(self._verifier.server_key, auth_message))}".encode()
-
-    @staticmethod
-    def _split_client_first(text: str) -> tuple[str, str, str]:
-        parts = text.split(",", 2)
-        if len(parts) != 3:
-            raise ScramError("malformed client-first message")
-        if parts[0].startswith("p="):
-            raise ScramError("channel binding is not supported")
-        if parts[0] not in ("n", "y"):
-            raise ScramError("malformed GS2 header")
-        return parts[0], parts[1], parts[2]
-
-    def _mock_verifier(self, username: str) -> ScramVerifier:
-        salt = _hmac256(self._mock_key, b"mailadmin scram mock salt\0" + username.encode())
-        # Random keys: no proof can match them, and they never leave this object.
-        return ScramVerifier(
-            salt[:16], self._mock_iterations, secrets.token_bytes(32), secrets.token_bytes(32)
-        )
+    _client_key, stored_key, server_key = scram_keys(saslprep(password), salt, iterations)
+    return ScramVerifier(salt, iterations, stored_key, server_key)
 
 
 # --- CRAM-MD5 (RFC 2195) ----------------------------------------------------------------
@@ -416,13 +288,3 @@ def verify_cram_md5(context: str, challenge: bytes, client_response_hex: str) ->
     if not client_response_hex.isascii():
         return False
     return hmac.compare_digest(expected.encode(), client_response_hex.lower().encode())
-
-
-def make_challenge(fqdn: str) -> bytes:
-    """A fresh CRAM-MD5 challenge ``<random.timestamp@fqdn>`` (RFC 2195 section 2).
-
-    Raises ValueError if ``fqdn`` is empty, not ASCII, or holds spaces or angle brackets.
-    """
-    if not fqdn or not fqdn.isascii() or any(ch in "<> \t\r\n" for ch in fqdn):
-        raise ValueError(f"not a host name: {fqdn!r}")
-    return f"<{secrets.randbits(64)}.{int(time.time())}@{fqdn}>".encode("ascii")

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import secrets
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from aiosmtpd.smtp import MISSING
 
-from smtpworker.core import credentials
+from smtpworker.sasl.scram import ScramError, ScramServer
 
 if TYPE_CHECKING:
     from smtpworker.inbound.handler import SmtpSession
@@ -55,6 +57,16 @@ def _text(raw: bytes) -> str:
         raise AuthFailed("501 5.5.2 Credentials are not UTF-8") from None
 
 
+def make_challenge(fqdn: str) -> bytes:
+    """A fresh CRAM-MD5 challenge ``<random.timestamp@fqdn>`` (RFC 2195 section 2).
+
+    Raises ValueError if ``fqdn`` is empty, not ASCII, or holds spaces or angle brackets.
+    """
+    if not fqdn or not fqdn.isascii() or any(ch in "<> \t\r\n" for ch in fqdn):
+        raise ValueError(f"not a host name: {fqdn!r}")
+    return f"<{secrets.randbits(64)}.{int(time.time())}@{fqdn}>".encode("ascii")
+
+
 async def auth_plain(session: SmtpSession, initial: str | None) -> str | None:
     raw = _decode(initial) if initial is not None else await _challenge(session, b"")
     parts = raw.split(b"\x00")
@@ -76,7 +88,7 @@ async def auth_login(session: SmtpSession, initial: str | None) -> str | None:
 async def auth_cram_md5(session: SmtpSession, initial: str | None) -> str | None:
     if initial is not None:
         raise AuthFailed("501 5.5.2 CRAM-MD5 takes no initial response")
-    challenge = credentials.make_challenge(session.hostname)
+    challenge = make_challenge(session.hostname)
     answer = _text(await _challenge(session, challenge))
     username, _, digest = answer.rpartition(" ")
     if not username or len(digest) != 32:
@@ -86,13 +98,13 @@ async def auth_cram_md5(session: SmtpSession, initial: str | None) -> str | None
 
 async def auth_scram_sha256(session: SmtpSession, initial: str | None) -> str | None:
     accounts = session.ctx.accounts
-    server = credentials.ScramServer(accounts.scram_verifier, mock_key=accounts.mock_key)
+    server = ScramServer(accounts.scram_verifier, mock_key=accounts.mock_key)
     client_first = _decode(initial) if initial is not None else await _challenge(session, b"")
     try:
         server_first = server.first(client_first)
         client_final = await _challenge(session, server_first)
         server_final = server.final(client_final)
-    except credentials.ScramError:
+    except ScramError:
         return None
     # RFC 4954 4: the server's final message goes in a last 334; the client answers empty.
     if await _challenge(session, server_final):

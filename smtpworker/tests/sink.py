@@ -46,6 +46,7 @@ from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Se
 from aiosmtpd.smtp import auth_mechanism as _auth_mechanism
 
 from smtpworker.core import credentials
+from smtpworker.sasl.scram import ScramError, ScramServer
 from smtpworker.tests.factories import free_port
 
 MODES = ("accept", "421", "451", "550", "refuse", "stall", "drop_mid_data")
@@ -402,9 +403,7 @@ class _Handler:
             return AuthResult(success=False, handled=False)
         user, password = self.sink.auth
         verifier = credentials.make_scram_verifier(password, iterations=4096)
-        scram = credentials.ScramServer(
-            lambda name: verifier if name == user else None, mock_key=b"sink"
-        )
+        scram = ScramServer(lambda name: verifier if name == user else None, mock_key=b"sink")
         first = base64.b64decode(args[1]) if len(args) > 1 else await server.challenge_auth(b"")
         if first is MISSING:
             return AuthResult(success=False, handled=True)
@@ -415,7 +414,7 @@ class _Handler:
                 return AuthResult(success=False, handled=True)
             assert isinstance(final, bytes)
             server_final = scram.final(final)
-        except credentials.ScramError:
+        except ScramError:
             return AuthResult(success=False, handled=False)
         if await server.challenge_auth(server_final) is MISSING:
             return AuthResult(success=False, handled=True)
