@@ -329,6 +329,28 @@ def test_no_ndr_for_the_null_sender_and_badmail_for_a_failed_ndr(
     assert "could not be delivered" in (badmail / f"{ndr.queue_id}.BDR").read_text()
 
 
+def test_a_failed_ndr_goes_to_the_servers_own_badmail_directory(
+    api: APIClient, sink: Sink, tmp_path: Path
+) -> None:
+    # The server's badmail_directory, as Pickup/ honours it, not <home>/Badmail.
+    home, badmail = tmp_path / "homes" / "relay", tmp_path / "elsewhere" / "bad"
+    make_server(
+        api,
+        home_directory=str(home),
+        delivery={"smart_host": sink.smart_host},
+        messages={"badmail_directory": str(badmail)},
+    )
+    sink.mode = "550"
+    failing = spool("a@elsewhere.test", "b@example.test")
+    assert (home / "Queue" / f"{failing}.env").is_file()  # the home directory is honoured
+    assert run(failing) == "bounced"
+    (ndr,) = reports_to("a@elsewhere.test")
+    assert run(ndr.queue_id) == "bounced"
+    assert (badmail / f"{ndr.queue_id}.BAD").is_file()
+    assert "could not be delivered" in (badmail / f"{ndr.queue_id}.BDR").read_text()
+    assert not (home / "Badmail").exists()
+
+
 def test_outbound_limits_hold_and_defer_without_counting_an_attempt(
     api: APIClient, sink: Sink
 ) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 from smtpworker.core import safefile, tlsinfo
 from smtpworker.core.config import ServerConfig, SiteConfig
 from smtpworker.core.grammar import Binding, bindings_conflict
+from smtpworker.core.mailroot import ServerLayout, server_layout
 from smtpworker.core.secretbox import SecretBox, SecretBoxError
 from smtpworker.core.spool import Spool
 from smtpworker.inbound.auth import Accounts
@@ -34,12 +35,11 @@ from smtpworker.inbound.authpool import VerifyPool
 from smtpworker.inbound.handler import ServerContext, SmtpSession
 from smtpworker.inbound.pickup import process_pickup
 from smtpworker.inbound.sessions import SessionRegistry
-from smtpworker.inbound.w3clog import W3CLog, log_directory
+from smtpworker.inbound.w3clog import W3CLog
 
 log = logging.getLogger(__name__)
 
 RUNNING = ("started", "paused")
-MAIL_DIRECTORIES = ("Queue", "Pickup", "Drop", "Badmail")
 
 
 @dataclass(slots=True)
@@ -94,12 +94,12 @@ class Node:
     def mine(self, site: SiteConfig) -> list[ServerConfig]:
         return [s for s in site.servers if s.node in ("", self.name)]
 
+    def layout(self, server: ServerConfig) -> ServerLayout:
+        """Where ``server``'s mail directories are on this node."""
+        return server_layout(self.options.mailroot, server.name, server)
+
     def home(self, server: ServerConfig) -> Path:
-        return (
-            Path(server.home_directory)
-            if server.home_directory
-            else self.options.mailroot / server.name
-        )
+        return self.layout(server).home
 
     async def apply(self, site: SiteConfig) -> None:
         """Make the listeners match ``site``; never raises for one server's problem."""
@@ -185,15 +185,15 @@ class Node:
         return SmtpSession(context, proxy=listener.proxy)
 
     def _context(self, site: SiteConfig, server: ServerConfig) -> ServerContext:
-        home = self.home(server)
-        for sub in MAIL_DIRECTORIES:
-            _make_mail_directory(home / sub)
+        layout = self.layout(server)
+        for directory in layout.mail_directories:
+            _make_mail_directory(directory)
         opts = self.options
         return ServerContext(
             cfg=server,
             hostname=server.fqdn or opts.hostname,
             accounts=Accounts(site, server, opts.box, opts.mock_key),
-            spool=Spool(home / "Queue"),
+            spool=Spool(layout.queue),
             sessions=self.sessions,
             brake=opts.brake,
             executor=opts.executor,
@@ -201,11 +201,11 @@ class Node:
             tls_context=self._tls(server),
             reverse_names=opts.reverse_names,
             enqueue=opts.enqueue,
-            w3c=self._w3c(server, home),
+            w3c=self._w3c(server, layout.logs),
             counters=self.counters.setdefault(server.name, {}),
         )
 
-    def _w3c(self, server: ServerConfig, home: Path) -> W3CLog | None:
+    def _w3c(self, server: ServerConfig, logs: Path) -> W3CLog | None:
         """The server's W3C log, kept across configuration versions (one open file)."""
         current = self._logs.get(server.name)
         if not server.logging.enabled:
@@ -214,9 +214,7 @@ class Node:
                 del self._logs[server.name]
             return None
         if current is None:
-            current = W3CLog(
-                log_directory(home), period=server.logging.period, fields=server.logging.fields
-            )
+            current = W3CLog(logs, period=server.logging.period, fields=server.logging.fields)
             self._logs[server.name] = current
         else:
             current.reconfigure(period=server.logging.period, fields=server.logging.fields)
@@ -243,16 +241,11 @@ class Node:
             cfg = context.cfg
             if cfg.state not in RUNNING:
                 continue
-            home = self.home(cfg)
-            badmail = (
-                Path(cfg.messages.badmail_directory)
-                if cfg.messages.badmail_directory
-                else home / "Badmail"
-            )
+            layout = self.layout(cfg)
             job = functools.partial(
                 process_pickup,
-                home / "Pickup",
-                badmail,
+                layout.pickup,
+                layout.badmail,
                 context.spool,
                 server=cfg.name,
                 enqueue=context.enqueue,

@@ -1,9 +1,10 @@
 """The IIS 6 SMTP activity log in W3C Extended format, one per virtual server.
 
 IIS wrote ``%WINDIR%\\System32\\LogFiles\\SMTPSVC<n>\\ex*.log``; we keep the files under
-the server's home directory (:func:`log_directory`). As in IIS, file names and rollover
-follow UTC, one line is written per SMTP command, and every new file (or a change of the
-field list) starts with a ``#Software/#Version/#Date/#Fields`` header block.
+the server's home directory, in ``LogFiles/`` (:mod:`smtpworker.core.mailroot`). As in
+IIS, file names and rollover follow UTC, one line is written per SMTP command, and every
+new file (or a change of the field list) starts with a ``#Software/#Version/#Date/#Fields``
+header block.
 
 The log is not the truth (the spool is), so it is written for speed and never allowed to
 hurt a session: an append-mode buffered file kept open, no fsync, and an I/O error only
@@ -64,11 +65,6 @@ class LogRecord:
             raise ValueError("LogRecord.when must be timezone-aware")
         if offset:
             object.__setattr__(self, "when", self.when.astimezone(UTC))
-
-
-def log_directory(home: Path) -> Path:
-    """Where a virtual server's W3C log files go: ``<home>/LogFiles``."""
-    return home / "LogFiles"
 
 
 def escape(value: str) -> str:

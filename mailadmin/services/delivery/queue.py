@@ -15,7 +15,6 @@ import logging
 import secrets
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, transaction
@@ -36,6 +35,7 @@ from mailadmin.services.delivery.traffic import traffic_add
 from mailadmin.snapshot import server_config
 from mailadmin.storable import exact, fit_row
 from smtpworker.core.config import ServerConfig
+from smtpworker.core.mailroot import ServerLayout, server_layout
 from smtpworker.core.spool import Envelope, MessageNotFound, Spool
 from smtpworker.outbound.routing import route
 
@@ -47,17 +47,16 @@ def delivery_minutes(count: float) -> timedelta:
     return timedelta(seconds=count * settings.MAILADMIN_DELIVERY_MINUTE)
 
 
-def server_home(server_name: str, cfg: ServerConfig | None = None) -> Path:
-    """A server's home directory: as configured, else <mailroot>/<name> (as the worker).
-    ``cfg`` is its configuration when the caller holds it already (else it is read)."""
+def server_directories(server_name: str, cfg: ServerConfig | None = None) -> ServerLayout:
+    """A server's mail directories under MAILADMIN_MAILROOT, as the worker has them
+    (:mod:`smtpworker.core.mailroot`). ``cfg`` is its configuration when the caller holds
+    it already (else it is read)."""
     cfg = cfg or current_config(server_name)
-    if cfg is not None and cfg.home_directory:
-        return Path(cfg.home_directory)
-    return Path(settings.MAILADMIN_MAILROOT) / server_name
+    return server_layout(settings.MAILADMIN_MAILROOT, server_name, cfg)
 
 
 def spool_for(server_name: str) -> Spool:
-    return Spool(server_home(server_name) / "Queue")
+    return Spool(server_directories(server_name).queue)
 
 
 # Built configs and server ids by (server, version, digest): a delivery run needs its

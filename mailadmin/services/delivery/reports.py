@@ -20,7 +20,7 @@ from mailadmin.models import Message, MessageState, Recipient, RecipientState
 from mailadmin.services.delivery.queue import (
     delivery_minutes,
     message_ingest,
-    server_home,
+    server_directories,
     spool_for,
 )
 from mailadmin.storable import fit
@@ -280,7 +280,8 @@ def inject(
 def badmail(message: Message, data: bytes, reason: str) -> None:
     """IIS's Badmail: the message as .BAD and why as .BDR (``<queue id>.BAD``, or with
     random bits added if that name is taken), never through a link or over another file."""
-    with safefile.directory(server_home(message.server_name) / "Badmail") as dir_fd:
+    # The server's badmail_directory if it names one, as Pickup/ does.
+    with safefile.directory(server_directories(message.server_name).badmail) as dir_fd:
         bad = safefile.write_unique(dir_fd, message.queue_id, ".BAD", data, reuse_identical=True)
         why = (reason.replace("\n", " ") + "\n").encode()
         safefile.write_replace(dir_fd, bad[: -len(".BAD")] + ".BDR", why)

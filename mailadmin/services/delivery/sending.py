@@ -28,13 +28,14 @@ from mailadmin.services.delivery import intake
 from mailadmin.services.delivery.queue import (
     current_server,
     delivery_lease,
-    server_home,
+    server_directories,
     suspended_hops,
 )
 from mailadmin.services.delivery.slots import NoSlot, outbound_slots
 from mailadmin.storable import fit, fit_row
 from smtpworker.core import safefile
 from smtpworker.core.config import ServerConfig
+from smtpworker.core.mailroot import ServerLayout
 from smtpworker.core.spool import Envelope, Spool
 from smtpworker.outbound import client as outbound
 from smtpworker.outbound import routing
@@ -89,12 +90,12 @@ class Run:
             self.configs[server_name] = current_server(server_name)
         return self.configs[server_name]
 
-    def home(self, server_name: str) -> Path:
-        return server_home(server_name, self.config(server_name)[0])
+    def directories(self, server_name: str) -> ServerLayout:
+        return server_directories(server_name, self.config(server_name)[0])
 
     def spool(self, server_name: str) -> Spool:
         if server_name not in self.spools:
-            self.spools[server_name] = Spool(self.home(server_name) / "Queue")
+            self.spools[server_name] = Spool(self.directories(server_name).queue)
         return self.spools[server_name]
 
     def lease_running_out(self) -> bool:
@@ -402,7 +403,7 @@ def _drop_all(run: Run, cfg: ServerConfig, hop: routing.Hop, items: list[Item]) 
         lines += [f"x-receiver: {r.address}" for r in recipients]
         content = ("\r\n".join(lines) + "\r\n").encode() + job.data
         try:
-            name = _write_drop(run.home(job.message.server_name) / "Drop", job, content)
+            name = _write_drop(run.directories(job.message.server_name).drop, job, content)
         except OSError as exc:
             # A Drop/ that is a link (or full, or unwritable) is the operator's to fix: the
             # message waits in the queue with the reason, as for an unreachable host.
