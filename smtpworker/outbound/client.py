@@ -17,12 +17,9 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
-import hashlib
-import hmac
 import logging
 import os
 import re
-import secrets
 import smtplib
 import ssl
 import threading
@@ -30,11 +27,12 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any
 
-from smtpworker.core import credentials
 from smtpworker.core.config import OutboundSecurity
+from smtpworker.core.credentials import b64
 from smtpworker.outbound.routing import Target
+from smtpworker.sasl.client import MECHANISMS, Mechanism
 
 __all__ = [
     "Connection",
@@ -53,7 +51,6 @@ log = logging.getLogger(__name__)
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 _UNSAFE_IN_ADDRESS = re.compile(r"[\r\n\0<>]")
 _MAX_SASL_ROUNDS = 5
-_MAX_SCRAM_ITERATIONS = 1_000_000  # a hostile server must not make us hash for minutes
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,7 +357,7 @@ class Connection:
                 f"authentication (it offers: {' '.join(offered) or 'no AUTH'})"
             )
         self._stage = f"authenticating with {mechanism}"
-        client = _MECHANISMS[mechanism](self.security.username, self._password)
+        client = MECHANISMS[mechanism](self.security.username, self._password)
         code, reply = self._sasl(smtp, mechanism, client)
         if code != 235 or not client.complete():
             raise SessionError(
@@ -369,9 +366,9 @@ class Connection:
             )
         self.authenticated = True
 
-    def _sasl(self, smtp: _Client, mechanism: str, client: _Mechanism) -> tuple[int, str]:
+    def _sasl(self, smtp: _Client, mechanism: str, client: Mechanism) -> tuple[int, str]:
         initial = client.start()
-        arg = mechanism if initial is None else f"{mechanism} {_b64(initial) or '='}"
+        arg = mechanism if initial is None else f"{mechanism} {b64(initial) or '='}"
         code, reply = smtp.docmd("AUTH", arg)
         for _round in range(_MAX_SASL_ROUNDS):
             if code != 334:
@@ -381,7 +378,7 @@ class Connection:
             except (ValueError, binascii.Error) as exc:
                 smtp.docmd("*")  # RFC 4954 4: cancel the exchange
                 raise SessionError(f"4.7.0 AUTH {mechanism} with {self.peer}: {exc}") from exc
-            code, reply = smtp.docmd(_b64(answer))
+            code, reply = smtp.docmd(b64(answer))
         smtp.docmd("*")
         raise SessionError(f"4.7.0 AUTH {mechanism} with {self.peer} does not end")
 
@@ -679,115 +676,6 @@ def _text(reply: bytes | str) -> str:
     if isinstance(reply, bytes):
         reply = reply.decode("utf-8", "replace")
     return " ".join(line.strip() for line in reply.splitlines())
-
-
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii")
-
-
-# --- SASL clients (RFC 4954): start() is the initial response, step() answers a 334 ----
-
-
-class _Mechanism(Protocol):
-    def start(self) -> bytes | None: ...
-    def step(self, challenge: bytes) -> bytes: ...
-    def complete(self) -> bool: ...
-
-
-class _Plain:
-    def __init__(self, username: str, password: str) -> None:
-        self._response = b"\0" + username.encode() + b"\0" + password.encode()
-
-    def start(self) -> bytes | None:
-        return self._response
-
-    def step(self, challenge: bytes) -> bytes:
-        raise ValueError("unexpected challenge")
-
-    def complete(self) -> bool:
-        return True
-
-
-class _Login:
-    def __init__(self, username: str, password: str) -> None:
-        self._answers = [username.encode(), password.encode()]
-
-    def start(self) -> bytes | None:
-        return None
-
-    def step(self, challenge: bytes) -> bytes:
-        if not self._answers:
-            raise ValueError("unexpected challenge")
-        return self._answers.pop(0)
-
-    def complete(self) -> bool:
-        return not self._answers
-
-
-class _CramMd5:
-    def __init__(self, username: str, password: str) -> None:
-        self._username, self._password = username, password
-
-    def start(self) -> bytes | None:
-        return None
-
-    def step(self, challenge: bytes) -> bytes:
-        digest = hmac.new(self._password.encode(), challenge, hashlib.md5).hexdigest()
-        return f"{self._username} {digest}".encode()
-
-    def complete(self) -> bool:
-        return True
-
-
-class _ScramSha256:
-    """RFC 5802 / 7677 without channel binding; the server must prove it knows the key."""
-
-    def __init__(self, username: str, password: str) -> None:
-        name = credentials.saslprep(username).replace("=", "=3D").replace(",", "=2C")
-        self._password = credentials.saslprep(password).encode()
-        self._bare = f"n={name},r={secrets.token_urlsafe(18)}"
-        self._server_signature = b""
-        self._verified = False
-
-    def start(self) -> bytes | None:
-        return f"n,,{self._bare}".encode()
-
-    def step(self, challenge: bytes) -> bytes:
-        text = challenge.decode()
-        attrs = dict(item.split("=", 1) for item in text.split(",") if "=" in item)
-        if self._server_signature:  # server-final: check, then answer empty
-            if not hmac.compare_digest(attrs.get("v", ""), _b64(self._server_signature)):
-                raise ValueError("the server's SCRAM signature is wrong")
-            self._verified = True
-            return b""
-        nonce, salt, iterations = attrs.get("r", ""), attrs.get("s", ""), int(attrs.get("i", 0))
-        if not nonce.startswith(self._bare.split("r=", 1)[1]) or not salt:
-            raise ValueError("malformed SCRAM server-first message")
-        if not 1 <= iterations <= _MAX_SCRAM_ITERATIONS:
-            raise ValueError(f"SCRAM iteration count {iterations} is out of range")
-        salted = hashlib.pbkdf2_hmac("sha256", self._password, base64.b64decode(salt), iterations)
-        client_key = _hmac256(salted, b"Client Key")
-        without_proof = f"c=biws,r={nonce}"  # biws = base64("n,,")
-        auth_message = f"{self._bare},{text},{without_proof}".encode()
-        signature = _hmac256(hashlib.sha256(client_key).digest(), auth_message)
-        proof = bytes(a ^ b for a, b in zip(client_key, signature, strict=True))
-        self._server_signature = _hmac256(_hmac256(salted, b"Server Key"), auth_message)
-        return f"{without_proof},p={_b64(proof)}".encode()
-
-    def complete(self) -> bool:
-        return self._verified
-
-
-def _hmac256(key: bytes, message: bytes) -> bytes:
-    return hmac.new(key, message, hashlib.sha256).digest()
-
-
-_MECHANISMS: dict[str, Callable[[str, str], _Mechanism]] = {
-    "PLAIN": _Plain,
-    "LOGIN": _Login,
-    "CRAM-MD5": _CramMd5,
-    "SCRAM-SHA-256": _ScramSha256,
-}
 
 
 # --- Pool ------------------------------------------------------------------------------

@@ -1,22 +1,27 @@
 """SCRAM-SHA-256 (RFC 5802, RFC 7677) exchanges, without I/O.
 
 :class:`ScramServer` checks a client's proof against a stored
-:class:`~smtpworker.core.credentials.ScramVerifier`. The key derivation and the verifier
-format are the core's (``smtpworker.core.credentials``), since the web side makes
-verifiers when it saves a user; what happens on the wire is here.
+:class:`~smtpworker.core.credentials.ScramVerifier`; :class:`ScramClient` proves a
+password to a server and checks that the server knows the verifier too. Both build the
+AuthMessage, the signatures and the proof with the same helpers here. The key derivation
+and the verifier format are the core's (``smtpworker.core.credentials``), since the web
+side makes verifiers when it saves a user; what happens on the wire is here.
 """
 
 from __future__ import annotations
 
+import base64
 import binascii
 import hashlib
 import hmac
 import secrets
 from collections.abc import Callable
 
-from smtpworker.core.credentials import ScramVerifier, b64, hmac_sha256, unb64
+from smtpworker.core.credentials import ScramVerifier, b64, hmac_sha256, saslprep, scram_keys, unb64
 
-__all__ = ["ScramError", "ScramServer"]
+__all__ = ["ScramClient", "ScramError", "ScramServer"]
+
+MAX_ITERATIONS = 1_000_000  # a hostile server must not make a client hash for minutes
 
 
 class ScramError(Exception):
@@ -132,16 +137,14 @@ class ScramServer:
             raise ScramError("malformed proof") from None
         auth_message = (self._auth_prefix + without_proof).encode()
         stored_key = self._verifier.stored_key
-        client_key = bytes(
-            p ^ s for p, s in zip(proof, hmac_sha256(stored_key, auth_message), strict=False)
-        )
+        client_key = _xor(proof, hmac_sha256(stored_key, auth_message))
         matches = hmac.compare_digest(hashlib.sha256(client_key).digest(), stored_key)
         # One message for an unknown user and a wrong password: the reply must not tell them apart.
         if not (matches and self._known and len(proof) == len(stored_key)):
             raise ScramError("authentication failed")
         self._step = "done"
         self.username = self._candidate
-        return f"v={b64(hmac_sha256(self._verifier.server_key, auth_message))}".encode()
+        return f"v={b64(_server_signature(self._verifier.server_key, auth_message))}".encode()
 
     @staticmethod
     def _split_client_first(text: str) -> tuple[str, str, str]:
@@ -160,3 +163,63 @@ class ScramServer:
         return ScramVerifier(
             salt[:16], self._mock_iterations, secrets.token_bytes(32), secrets.token_bytes(32)
         )
+
+
+class ScramClient:
+    """The client side of one SCRAM-SHA-256 exchange without channel binding, as an SMTP
+    AUTH mechanism (see ``smtpworker.sasl.client``): :meth:`start` is the client-first
+    message, :meth:`step` answers the server-first message with the client-final one and
+    then checks the server-final message, answering it empty. :meth:`complete` is True
+    only once the server has proved that it knows the verifier. Raises ValueError when
+    SASLprep refuses the name or password, and from :meth:`step` for a malformed or
+    hostile server message (an iteration count over MAX_ITERATIONS) or a wrong server
+    signature.
+    """
+
+    def __init__(self, username: str, password: str) -> None:
+        name = encode_saslname(saslprep(username))
+        self._password = saslprep(password)
+        self._bare = f"n={name},r={secrets.token_urlsafe(18)}"
+        self._server_signature = b""
+        self._verified = False
+
+    def start(self) -> bytes | None:
+        return f"n,,{self._bare}".encode()
+
+    def step(self, challenge: bytes) -> bytes:
+        text = challenge.decode()
+        attrs = dict(item.split("=", 1) for item in text.split(",") if "=" in item)
+        if self._server_signature:  # server-final: check, then answer empty
+            if not hmac.compare_digest(attrs.get("v", ""), b64(self._server_signature)):
+                raise ValueError("the server's SCRAM signature is wrong")
+            self._verified = True
+            return b""
+        nonce, salt, iterations = attrs.get("r", ""), attrs.get("s", ""), int(attrs.get("i", 0))
+        if not nonce.startswith(self._bare.split("r=", 1)[1]) or not salt:
+            raise ValueError("malformed SCRAM server-first message")
+        if not 1 <= iterations <= MAX_ITERATIONS:
+            raise ValueError(f"SCRAM iteration count {iterations} is out of range")
+        keys = scram_keys(self._password, base64.b64decode(salt), iterations)
+        client_key, stored_key, server_key = keys
+        without_proof = f"c=biws,r={nonce}"  # biws = base64("n,,")
+        auth_message = f"{self._bare},{text},{without_proof}".encode()
+        proof = _xor(client_key, hmac_sha256(stored_key, auth_message))
+        self._server_signature = _server_signature(server_key, auth_message)
+        return f"{without_proof},p={b64(proof)}".encode()
+
+    def complete(self) -> bool:
+        return self._verified
+
+
+def encode_saslname(name: str) -> str:
+    """A user name as SCRAM carries it (RFC 5802 section 5.1): "=" and "," escaped."""
+    return name.replace("=", "=3D").replace(",", "=2C")
+
+
+def _xor(left: bytes, right: bytes) -> bytes:
+    # ClientProof = ClientKey XOR ClientSignature, and back (RFC 5802 section 3).
+    return bytes(a ^ b for a, b in zip(left, right, strict=False))
+
+
+def _server_signature(server_key: bytes, auth_message: bytes) -> bytes:
+    return hmac_sha256(server_key, auth_message)
