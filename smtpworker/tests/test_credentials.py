@@ -4,8 +4,6 @@ import base64
 import hashlib
 import hmac
 import re
-import subprocess
-import sys
 
 import pytest
 from django.contrib.auth.hashers import PBKDF2PasswordHasher
@@ -24,7 +22,6 @@ from smtpworker.sasl.scram import ScramError, ScramServer
 from smtpworker.sasl.server import make_challenge
 
 MOCK_KEY = b"test mock key, stable per deployment"
-
 
 
 # --- PBKDF2 -----------------------------------------------------------------------------
