@@ -4,12 +4,19 @@
 Two groups: members of ``administrators`` (and superusers) change configuration and act on
 the queue; members of ``operators`` only look. Everyone else, and any inactive account,
 gets nothing.
+
+Who a request is (``api_user``) is decided once too: by the REST API's authentication
+classes (``REST_FRAMEWORK["DEFAULT_AUTHENTICATION_CLASSES"]``: an API token, then the
+session), which ``/metrics`` uses as well, so a token the API refuses opens nothing else.
 """
 
 from __future__ import annotations
 
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import AnonymousUser
+from django.http import HttpRequest
+from rest_framework.exceptions import AuthenticationFailed
+from rest_framework.request import Request
 
 ADMINISTRATORS = "administrators"
 OPERATORS = "operators"
@@ -37,3 +44,23 @@ def can_read(user: AbstractBaseUser | AnonymousUser) -> bool:
 def _in_group(user: AbstractBaseUser | AnonymousUser, name: str) -> bool:
     groups = getattr(user, "groups", None)
     return bool(groups is not None and groups.filter(name=name).exists())
+
+
+def api_user(request: HttpRequest) -> AbstractBaseUser | AnonymousUser:
+    """The user the REST API would see for ``request``: its authentication classes, in
+    their order. Credentials they refuse (an unknown token, a malformed ``Authorization:
+    Token`` header, an inactive user's token) give the anonymous user, where the API
+    answers 401; a session then does not count either, as in the API."""
+    # Imported here: defining APIView loads REST_FRAMEWORK's permission classes, which are
+    # built on this module. Its authenticators are the ones every API view builds (the
+    # API's views keep APIView's default list).
+    from rest_framework.views import APIView
+
+    authenticators = APIView().get_authenticators()
+    try:
+        user: AbstractBaseUser | AnonymousUser = Request(
+            request, authenticators=authenticators
+        ).user
+    except AuthenticationFailed:
+        return AnonymousUser()
+    return user

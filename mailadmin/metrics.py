@@ -26,9 +26,10 @@ histogram* (it describes a sliding window, so its buckets go down as well as up)
 ``rate()``. Messages still queued are not in it: ``mailadmin_queue_oldest_age_seconds``
 shows those.
 
-Access (``metrics_view``): a logged-in operator or administrator (session or API token),
-the bearer token ``MAILADMIN_METRICS_TOKEN``, or a peer address listed in
-``MAILADMIN_METRICS_ALLOW``; anyone else gets 403.
+Access (``metrics_view``): an operator or administrator as the REST API authenticates one
+(an API token or a session, through the API's own authentication classes: a token the API
+refuses is refused here), the bearer token ``MAILADMIN_METRICS_TOKEN``, or a peer address
+listed in ``MAILADMIN_METRICS_ALLOW``; anyone else gets 403.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.utils import floatToGoString
 
-from mailadmin.access import can_read
+from mailadmin.access import api_user, can_read
 from mailadmin.models import OPEN_STATES, Message, MessageState, TrafficCounter, VirtualServer
 from mailadmin.selectors import worker_statuses
 from mailadmin.services.config.versions import current_version
@@ -405,23 +406,13 @@ def _bearer_ok(request: HttpRequest) -> bool:
     return hmac.compare_digest(credentials.strip().encode(), expected.encode())
 
 
-def _api_token_reader(request: HttpRequest) -> bool:
-    """``Authorization: Token <key>``: an API token of an operator or administrator."""
-    scheme, _, key = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "token" or not key.strip():
-        return False
-    from rest_framework.authtoken.models import Token
-
-    token = Token.objects.select_related("user").filter(key=key.strip()).first()
-    return token is not None and can_read(token.user)
-
-
 def allowed(request: HttpRequest) -> bool:
+    """A listed address, the metrics token, or a reader as the API authenticates one (an
+    API token or a session: ``mailadmin.access.api_user``)."""
     return (
         address_allowed(request.META.get("REMOTE_ADDR", ""))
         or _bearer_ok(request)
-        or can_read(request.user)
-        or _api_token_reader(request)
+        or can_read(api_user(request))
     )
 
 

@@ -294,6 +294,42 @@ def test_readers_may_scrape_with_a_session_or_an_api_token(
     scrape(client)
 
 
+def test_metrics_lets_in_exactly_whom_the_api_lets_in(
+    operator_user: User, admin_user: User, client: Client
+) -> None:
+    """One rule decides who may read: the API's authentication (REST_FRAMEWORK's classes)
+    and ``mailadmin.access.can_read``. Each way of presenting credentials gets in to both
+    GET /api/v1/servers/ and /metrics, or to neither."""
+    operator = Token.objects.create(user=operator_user).key
+    admin = Token.objects.create(user=admin_user).key
+    nobody = Token.objects.create(user=User.objects.create_user("nobody")).key
+    gone_user = User.objects.create_user("gone", is_active=False)
+    gone_user.groups.set(operator_user.groups.all())
+    gone = Token.objects.create(user=gone_user).key
+    cases = {
+        f"Token {operator}": True,
+        f"token {admin}": True,
+        f"Token  {operator}": True,
+        f"Token\t{operator}": True,  # any whitespace separates, as in DRF's header parsing
+        f"Token {operator} extra": False,
+        "Token nope": False,
+        "Token ": False,
+        f"Token {nobody}": False,
+        f"Token {gone}": False,
+        f"Bearer {operator}": False,
+    }
+    for header, admitted in cases.items():
+        api = client.get("/api/v1/servers/", HTTP_AUTHORIZATION=header).status_code
+        scraped = client.get("/metrics", HTTP_AUTHORIZATION=header).status_code
+        assert (api == 200, scraped == 200) == (admitted, admitted), (header, api, scraped)
+    client.force_login(operator_user)
+    assert client.get("/api/v1/servers/").status_code == 200
+    assert client.get("/metrics").status_code == 200
+    # A session does not rescue a token the API refuses (the API answers 401 to it).
+    assert client.get("/api/v1/servers/", HTTP_AUTHORIZATION="Token nope").status_code == 401
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Token nope").status_code == 403
+
+
 def test_redis_down_still_answers_with_the_database_part(
     operator_api: APIClient, settings: Any
 ) -> None:
