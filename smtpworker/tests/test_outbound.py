@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -10,14 +12,8 @@ from typing import Any
 
 import pytest
 
-from smtpworker.outbound.client import (
-    Connection,
-    ConnectionPool,
-    PoolExhausted,
-    RecipientResult,
-    TransactionResult,
-    to_wire,
-)
+from smtpworker.outbound.client import Connection, RecipientResult, TransactionResult, to_wire
+from smtpworker.outbound.pool import ConnectionPool, PoolExhausted
 from smtpworker.outbound.routing import Target
 from smtpworker.tests.factories import NO_SECURITY, free_port
 from smtpworker.tests.sink import Sink
@@ -60,6 +56,14 @@ def send(sink: Sink, *recipients: str, data: bytes = MESSAGE, **kw: Any) -> Tran
 
 def codes(result: TransactionResult) -> list[int]:
     return [r.code for r in result.results]
+
+
+def test_it_imports_no_django() -> None:
+    code = (
+        "import sys, smtpworker.outbound.client; "
+        "sys.exit(any(m == 'django' or m.startswith('django.') for m in sys.modules))"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
 # --- outcomes ----------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from smtpworker.core.mailroot import ServerLayout
 from smtpworker.core.spool import Envelope, Spool
 from smtpworker.outbound import client as outbound
 from smtpworker.outbound import routing
+from smtpworker.outbound.pool import POOL
 
 # A delivery's log lines (the run, each attempt, the outcome) keep one logger name.
 log = logging.getLogger("mailadmin.services.delivery.runs")
@@ -247,7 +248,7 @@ def _transaction(
 ) -> outbound.TransactionResult:
     security = hop.security
     password = secret_open(security.password) if security.password else ""
-    return outbound.POOL.send(
+    return POOL.send(
         target,
         helo_name=cfg.fqdn or settings.MAILADMIN_HOSTNAME,
         use_helo=hop.use_helo,
