@@ -18,8 +18,12 @@ import yaml
 from django.db import models, transaction
 from rest_framework import serializers
 
-from mailadmin import validators
-from mailadmin.api.serializers import DomainFields, ServerFields, model_field
+from mailadmin.docschema import (
+    DocumentDomainSerializer,
+    DocumentSerializer,
+    DocumentServerSerializer,
+    DocumentUserSerializer,
+)
 from mailadmin.exceptions import ConfigError, FieldError, flatten_drf_errors
 from mailadmin.layout import DOMAIN_LAYOUT, SECRET_FIELDS, SERVER_LAYOUT, Layout, walk
 from mailadmin.models import Domain, SmtpUser, VirtualServer
@@ -35,29 +39,6 @@ from mailadmin.services.config.servers import (
 from mailadmin.services.config.users import user_apply
 from mailadmin.services.config.versions import check_version, config_transaction, current_version
 from smtpworker.core import grammar
-
-
-class DocumentDomainSerializer(DomainFields):  # type: ignore[misc]
-    pass
-
-
-class DocumentServerSerializer(ServerFields):  # type: ignore[misc]
-    # Uniqueness is checked across the document, not against the rows it replaces.
-    name = serializers.CharField(max_length=64, validators=[validators.server_name])
-    domains = DocumentDomainSerializer(many=True, required=False)
-
-
-class DocumentUserSerializer(serializers.Serializer):
-    username = serializers.CharField(max_length=254)
-    password = serializers.CharField(required=False, trim_whitespace=False, write_only=True)
-    active = model_field(SmtpUser, "active", "is_active")
-    allow_cram_md5 = model_field(SmtpUser, "allow_cram_md5", "allow_cram_md5")
-    servers = serializers.ListField(child=serializers.CharField(), required=False)
-
-
-class DocumentSerializer(serializers.Serializer):
-    servers = DocumentServerSerializer(many=True, required=False)
-    users = DocumentUserSerializer(many=True, required=False)
 
 
 @dataclass(frozen=True, slots=True)
