@@ -18,6 +18,17 @@ those of Postfix's ``safe_open()`` and OpenSMTPD's queue:
 
 Only the last component of a directory path is checked: the product's own data directory
 and mail root may well be links an administrator made on purpose.
+
+Durability is built from three steps, each done here and nowhere else in the product:
+:func:`write_new` is the only code that writes the bytes of a new file (exclusive create,
+a loop until every byte is written, since a write may be short, fsync of the file, the
+file removed again on any failure); :func:`link_new` (never replacing) or a rename gives
+the finished file its name; :func:`sync_directory` makes that name durable.
+:func:`write_unique` and :func:`write_replace` are the three in one call. The spool
+commits two files with one directory fsync, so it calls the steps itself. What is
+deliberately not synced says why where it is done: the spool's removals
+(``Spool.remove``), and the W3C log, appended through :func:`open_append` and never
+fsync'd because it is not the truth.
 """
 
 from __future__ import annotations
@@ -33,12 +44,14 @@ from pathlib import Path
 __all__ = [
     "UnsafePath",
     "directory",
+    "link_new",
     "make_directories",
     "open_append",
     "open_directory",
     "private_directory",
     "private_file",
     "read_regular",
+    "sync_directory",
     "write_new",
     "write_replace",
     "write_unique",
@@ -46,6 +59,8 @@ __all__ = [
 
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | _CLOEXEC
+# Only to fsync: nothing is written through it, so a link an administrator made is fine.
+_SYNC_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | _CLOEXEC
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | _CLOEXEC
 _APPEND = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | _CLOEXEC
 # O_NONBLOCK: a FIFO planted under the name must not hang the reader.
@@ -116,7 +131,8 @@ def write_new(dir_fd: int, name: str, data: bytes, *, mode: int = 0o600, sync: b
     """Create ``name`` in ``dir_fd`` holding ``data`` (fsync'd when ``sync``).
 
     Raises FileExistsError if anything has that name (a link included): an existing file
-    is never opened. On any failure the partly written file is removed again.
+    is never opened. On any failure the partly written file is removed again. The name
+    itself is durable only once the directory is synced (:func:`sync_directory`).
     """
     fd = os.open(name, _CREATE, mode, dir_fd=dir_fd)
     try:
@@ -163,7 +179,7 @@ def write_replace(
             os.unlink(tmp, dir_fd=dir_fd)
         raise
     if sync:
-        os.fsync(dir_fd)
+        sync_directory(dir_fd)
 
 
 def write_unique(
@@ -194,7 +210,7 @@ def write_unique(
             name = first if attempt == 0 else f"{stem}-{secrets.token_hex(6)}{suffix}"
             try:
                 # link() never replaces: the kernel's answer to "is this name free?" is final.
-                os.link(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+                link_new(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
             except FileExistsError:
                 continue
             break
@@ -204,8 +220,35 @@ def write_unique(
         with contextlib.suppress(OSError):
             os.unlink(tmp, dir_fd=dir_fd)
     if sync:
-        os.fsync(dir_fd)
+        sync_directory(dir_fd)
     return name
+
+
+def link_new(src: str | Path, dst: str, *, dst_dir_fd: int, src_dir_fd: int | None = None) -> None:
+    """Give the file ``src`` (relative to ``src_dir_fd`` if given) the further name ``dst``
+    in ``dst_dir_fd``.
+
+    Never replaces: FileExistsError if anything has the name ``dst``, a link included. A
+    link at ``src`` is given the name itself, never the file it points at. The new name is
+    durable once ``dst_dir_fd`` is synced (:func:`sync_directory`).
+    """
+    os.link(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd, follow_symlinks=False)
+
+
+def sync_directory(directory: int | str | Path) -> None:
+    """Make the names made, renamed or removed in ``directory`` durable (fsync).
+
+    ``directory`` is a descriptor or a path; a path may be a link (nothing is written
+    through it).
+    """
+    if isinstance(directory, int):
+        os.fsync(directory)
+        return
+    fd = os.open(directory, _SYNC_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_regular(dir_fd: int, name: str, *, limit: int) -> bytes | None:

@@ -48,7 +48,6 @@ _BASE32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 # O_NOFOLLOW: a link planted under a queue name must not mail out the file it points at.
 # O_NONBLOCK: nor may a FIFO there hang the reader.
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
-_DIRECTORY = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
 
 _STR_FIELDS = ("queue_id", "server", "sender", "client_ip", "client_helo")
 _BOOL_FIELDS = ("smtputf8", "body_8bit")
@@ -195,7 +194,7 @@ class Spool:
                 safefile.make_directories(path, 0o700)  # the server's home too, if new
                 # Otherwise a power cut could forget the new directory, and with it
                 # every message acknowledged into it.
-                _fsync_dir(path.parent)
+                safefile.sync_directory(path.parent)
 
     def __repr__(self) -> str:
         return f"Spool({str(self.directory)!r})"
@@ -352,19 +351,15 @@ def _commit(
     _write_durably(tmp_fd, tmp_env, env, created)
     # link() is rename() that refuses to replace an existing file: a duplicate id can
     # never overwrite a queued message. The .eml goes first, the .env (commit) last.
-    _link(tmp_fd, tmp_eml, queue_fd, eml)
+    safefile.link_new(tmp_eml, eml, src_dir_fd=tmp_fd, dst_dir_fd=queue_fd)
     created.append((queue_fd, eml))
-    _link(tmp_fd, tmp_env, queue_fd, env_name)
+    safefile.link_new(tmp_env, env_name, src_dir_fd=tmp_fd, dst_dir_fd=queue_fd)
     created.append((queue_fd, env_name))
     os.unlink(tmp_eml, dir_fd=tmp_fd)
     os.unlink(tmp_env, dir_fd=tmp_fd)
     # The new names are only durable once the directory itself is fsync'd. The unlinks
     # in tmp/ need no fsync: a resurrected tmp file is garbage for recover().
-    os.fsync(queue_fd)
-
-
-def _link(tmp_fd: int, tmp_name: str, queue_fd: int, name: str) -> None:
-    os.link(tmp_name, name, src_dir_fd=tmp_fd, dst_dir_fd=queue_fd, follow_symlinks=False)
+    safefile.sync_directory(queue_fd)
 
 
 def _discard(created: list[tuple[int, str]]) -> None:
@@ -399,14 +394,6 @@ def _read(path: str) -> bytes:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise ValueError(f"{path}: not a regular file")
         return file.read()
-
-
-def _fsync_dir(path: Path | str) -> None:
-    fd = os.open(path, _DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _remove_old(directory: Path, cutoff: float, wanted: Callable[[str], bool]) -> list[str]:

@@ -93,7 +93,6 @@ _OPEN_FLAGS = (
     | getattr(os, "O_NONBLOCK", 0)  # a FIFO swapped in must not hang the worker
     | getattr(os, "O_CLOEXEC", 0)
 )
-_DIRECTORY = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
 _BAD_NAME_ATTEMPTS = 16
 
 
@@ -187,7 +186,7 @@ def process_pickup(
     if claims:
         # Before anything is stored under a claim's id the claim must be durable: a power
         # cut that undid the rename would bring the file back to be queued under a new id.
-        _fsync_dir(pickup)
+        safefile.sync_directory(pickup)
     queued: list[str] = []
     bad: list[str] = []
     host = hostname or socket.gethostname()
@@ -539,7 +538,7 @@ def _to_badmail(claim: _Claim, badmail: Path, bad: _Malformed, *, server: str) -
                 "recipients": list(bad.recipients),
             }
             safefile.write_replace(dir_fd, f"{base}.BDP", (json.dumps(doc) + "\n").encode())
-        os.fsync(dir_fd)
+        safefile.sync_directory(dir_fd)
     _unlink(claim.path)
     return base
 
@@ -554,7 +553,7 @@ def _link_bad(claim: _Claim, dir_fd: int) -> str | None:
         try:
             # follow_symlinks=False: a claim swapped for a link moves as the link itself,
             # never as a new name for the file it points at.
-            os.link(claim.path, f"{base}.BAD", dst_dir_fd=dir_fd, follow_symlinks=False)
+            safefile.link_new(claim.path, f"{base}.BAD", dst_dir_fd=dir_fd)
         except FileNotFoundError:
             return None  # another worker finished this claim
         except FileExistsError:
@@ -582,11 +581,3 @@ def _unlink(path: Path) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass  # another worker finished the same claim
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, _DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
