@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any
 
-from aiosmtpd.smtp import MISSING, SMTP, TLSSetupException, _Missing
+from aiosmtpd.smtp import SMTP, TLSSetupException
 
 from smtpworker.core.config import ServerConfig
 from smtpworker.core.jsonlog import ContextAdapter
@@ -527,39 +527,39 @@ class SmtpSession(SMTP):
             await asyncio.sleep(self.ctx.brake.refusal_delay)
             raise AuthFailed(AUTH_BUSY) from None
 
-    async def challenge_auth(
-        self,
-        challenge: str | bytes,
-        encode_to_b64: bool = True,
-        log_client_response: bool = False,
-    ) -> _Missing | bytes:
-        """Send ``334 <challenge>`` and return the client's decoded answer, or MISSING
+    @property
+    def accounts(self) -> Accounts:
+        """This server's accounts, for the SASL mechanisms (``sasl.server.AuthSession``)."""
+        return self.ctx.accounts
+
+    async def challenge(self, challenge: bytes) -> bytes | None:
+        """Send ``334 <base64 challenge>`` and return the client's decoded answer, or None
         once the exchange is over (answered here: cancelled, bad base64, line too long).
 
-        aiosmtpd's own reads the answer with readline(), whose ValueError for a line past
-        the stream limit would end in a 451 and a traceback; such a line is skipped here
-        and refused with RFC 4954's 500 5.5.6, the way _read_command refuses long commands.
+        Not aiosmtpd's challenge_auth, which reads the answer with readline(), whose
+        ValueError for a line past the stream limit would end in a 451 and a traceback;
+        such a line is skipped here and refused with RFC 4954's 500 5.5.6, the way
+        _read_command refuses long commands.
         """
-        raw = challenge.encode() if isinstance(challenge, str) else challenge
-        await self.push(b"334 " + (base64.b64encode(raw) if encode_to_b64 else raw))
+        await self.push(b"334 " + base64.b64encode(challenge))
         try:
             line = await self._reader.readuntil(b"\n")
         except asyncio.LimitOverrunError as exc:
             await self._skip_line(exc.consumed)
             await self.push("500 5.5.6 Authentication Exchange line is too long")
-            return MISSING
+            return None
         except asyncio.IncompleteReadError:
             self._terminate()
             raise asyncio.CancelledError() from None
         blob = line.strip()
         if blob == b"*":
             await self.push("501 5.7.0 Auth aborted")
-            return MISSING
+            return None
         try:
             return base64.b64decode(blob, validate=True)
         except binascii.Error:
             await self.push("501 5.5.2 Can't decode base64")
-            return MISSING
+            return None
 
     async def run_blocking(self, func: Callable[..., Any], *args: Any) -> Any:
         """Run slow work (PBKDF2, fsync) off the event loop."""

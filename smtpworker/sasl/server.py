@@ -1,9 +1,15 @@
-"""The SASL mechanisms of SMTP AUTH (RFC 4954): PLAIN, LOGIN, CRAM-MD5, SCRAM-SHA-256.
+"""The server side of SMTP AUTH's SASL mechanisms (RFC 4954): PLAIN, LOGIN, CRAM-MD5,
+SCRAM-SHA-256.
 
 Each mechanism is an async function ``(session, initial_response) -> user or None``: the
 account name on success, None when the credentials are wrong (the caller answers 535 and
 counts the failure against the AUTH brake). A malformed or cancelled exchange raises
 :class:`AuthFailed`, which is not a credential failure.
+
+A mechanism sees the SMTP session only through :class:`AuthSession` (send a challenge,
+read the answer; check a password; the accounts' verifiers), so this package knows
+neither the inbound daemon nor aiosmtpd: ``smtpworker.inbound.handler.SmtpSession``
+is one.
 """
 
 from __future__ import annotations
@@ -13,14 +19,47 @@ import binascii
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from aiosmtpd.smtp import MISSING
-
+from smtpworker.core.config import UserConfig
+from smtpworker.core.credentials import ScramVerifier
 from smtpworker.sasl.scram import ScramError, ScramServer
 
-if TYPE_CHECKING:
-    from smtpworker.inbound.handler import SmtpSession
+__all__ = ["MECHANISMS", "AuthFailed", "AuthSession", "Verifiers", "make_challenge"]
+
+
+class Verifiers(Protocol):
+    """The accounts of the server being authenticated to, by the name the client typed."""
+
+    @property
+    def mock_key(self) -> bytes:
+        """The server secret SCRAM's answers for unknown users are derived from."""
+
+    def find(self, username: str) -> UserConfig | None: ...
+
+    def scram_verifier(self, username: str) -> ScramVerifier | None: ...
+
+    def check_cram_md5(self, username: str, challenge: bytes, digest_hex: str) -> str | None:
+        """The account name if ``digest_hex`` answers ``challenge``, else None."""
+
+
+class AuthSession(Protocol):
+    """The SMTP session, as a mechanism sees it."""
+
+    @property
+    def hostname(self) -> str:
+        """The server's name, for CRAM-MD5's challenge."""
+
+    @property
+    def accounts(self) -> Verifiers: ...
+
+    async def challenge(self, challenge: bytes) -> bytes | None:
+        """Send ``334 <base64 challenge>`` and return the client's decoded answer, or None
+        when the exchange is over and the session has answered it already (the client
+        cancelled with "*", sent bad base64 or an over-long line)."""
+
+    async def check_password(self, username: str, password: str) -> str | None:
+        """The account name if the password is right, else None; may raise AuthFailed."""
 
 
 class AuthFailed(Exception):
@@ -31,13 +70,10 @@ class AuthFailed(Exception):
         self.reply = reply
 
 
-async def _challenge(session: SmtpSession, challenge: bytes) -> bytes:
-    # The session's challenge_auth sends "334 <base64>", reads the answer, and itself
-    # answers "*" (cancel), bad base64 and an over-long line; MISSING tells us it did.
-    answer = await session.challenge_auth(challenge, encode_to_b64=True)
-    if answer is MISSING:
+async def _challenge(session: AuthSession, challenge: bytes) -> bytes:
+    answer = await session.challenge(challenge)
+    if answer is None:  # the session answered already ("*", bad base64, too long)
         raise AuthFailed(None)
-    assert isinstance(answer, bytes)
     return answer
 
 
@@ -67,7 +103,7 @@ def make_challenge(fqdn: str) -> bytes:
     return f"<{secrets.randbits(64)}.{int(time.time())}@{fqdn}>".encode("ascii")
 
 
-async def auth_plain(session: SmtpSession, initial: str | None) -> str | None:
+async def auth_plain(session: AuthSession, initial: str | None) -> str | None:
     raw = _decode(initial) if initial is not None else await _challenge(session, b"")
     parts = raw.split(b"\x00")
     if len(parts) != 3:
@@ -78,14 +114,14 @@ async def auth_plain(session: SmtpSession, initial: str | None) -> str | None:
     return await session.check_password(username, password)
 
 
-async def auth_login(session: SmtpSession, initial: str | None) -> str | None:
+async def auth_login(session: AuthSession, initial: str | None) -> str | None:
     raw_user = _decode(initial) if initial is not None else await _challenge(session, b"Username:")
     raw_password = await _challenge(session, b"Password:")
     username, password = _text(raw_user), _text(raw_password)
     return await session.check_password(username, password)
 
 
-async def auth_cram_md5(session: SmtpSession, initial: str | None) -> str | None:
+async def auth_cram_md5(session: AuthSession, initial: str | None) -> str | None:
     if initial is not None:
         raise AuthFailed("501 5.5.2 CRAM-MD5 takes no initial response")
     challenge = make_challenge(session.hostname)
@@ -93,11 +129,11 @@ async def auth_cram_md5(session: SmtpSession, initial: str | None) -> str | None
     username, _, digest = answer.rpartition(" ")
     if not username or len(digest) != 32:
         raise AuthFailed("501 5.5.2 CRAM-MD5 wants: user SP digest")
-    return session.ctx.accounts.check_cram_md5(username, challenge, digest)
+    return session.accounts.check_cram_md5(username, challenge, digest)
 
 
-async def auth_scram_sha256(session: SmtpSession, initial: str | None) -> str | None:
-    accounts = session.ctx.accounts
+async def auth_scram_sha256(session: AuthSession, initial: str | None) -> str | None:
+    accounts = session.accounts
     server = ScramServer(accounts.scram_verifier, mock_key=accounts.mock_key)
     client_first = _decode(initial) if initial is not None else await _challenge(session, b"")
     try:
@@ -113,7 +149,7 @@ async def auth_scram_sha256(session: SmtpSession, initial: str | None) -> str | 
     return account.username if account else None
 
 
-MECHANISMS: dict[str, Callable[[SmtpSession, str | None], Awaitable[str | None]]] = {
+MECHANISMS: dict[str, Callable[[AuthSession, str | None], Awaitable[str | None]]] = {
     "PLAIN": auth_plain,
     "LOGIN": auth_login,
     "CRAM-MD5": auth_cram_md5,
