@@ -22,6 +22,7 @@ from smtpworker.core.config import ServerConfig, SiteConfig
 from smtpworker.core.spool import Spool
 from smtpworker.tests.factories import BOX, free_port, remote, server, site, user
 from smtpworker.tests.harness import LiveNode
+from smtpworker.tests.transcript import transcript
 
 MESSAGE = b"From: a@sender.test\r\nTo: b@test.test\r\nSubject: hi\r\n\r\nHello.\r\n"
 
@@ -146,6 +147,27 @@ def test_authenticated_users_relay_with_each_mechanism(live: LiveNode) -> None:
     with connect(address) as client:
         client.ehlo("client.test")
         assert scram_login(client, "alice", "s3cret") == (235, b"2.7.0 Authentication successful")
+
+
+def test_an_auth_exchange_the_client_cancels_or_garbles_is_answered_and_the_session_goes_on(
+    live: LiveNode,
+) -> None:
+    cfg = one(auth={"basic": True})
+    serve(live, cfg, users=(user("alice", "s3cret"),))
+    plain = base64.b64encode(b"\0alice\0s3cret")
+    client = b"EHLO c\r\nAUTH LOGIN\r\n*\r\nAUTH PLAIN\r\n!!\r\nAUTH PLAIN\r\n%s\r\nQUIT\r\n"
+    replies = live.run(transcript(live.node.contexts["Test"], client % plain))
+    ehlo_end = next(i for i, reply in enumerate(replies) if reply.startswith("250 "))
+    after_ehlo = replies[ehlo_end + 1 :]
+    assert after_ehlo == [
+        "334 VXNlcm5hbWU6",  # base64("Username:")
+        "501 5.7.0 Auth aborted",
+        "334 ",
+        "501 5.5.2 Can't decode base64",
+        "334 ",
+        "235 2.7.0 Authentication successful",
+        "221 2.0.0 test.example.test Service closing transmission channel",
+    ]
 
 
 def scram_login(client: smtplib.SMTP, username: str, password: str) -> tuple[int, bytes]:
