@@ -4,73 +4,27 @@ from __future__ import annotations
 
 from typing import Any
 
-from django import forms
 from django.contrib import messages
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.urls import reverse
 
 from mailadmin.console.base import author, console_view, render_console
+from mailadmin.console.forms import (
+    DomainKindForm,
+    DomainNameForm,
+    ServerBindingForm,
+    ServerDomainForm,
+    ServerHomeForm,
+    ServerNameForm,
+)
 from mailadmin.console.wizards import Step, Wizard, dry_run, run_wizard
 from mailadmin.exceptions import FieldError
 from mailadmin.models import Domain, DomainKind, ServerState, VirtualServer
 from mailadmin.services.config import domains as domain_services
 from mailadmin.services.config import servers as server_services
-from smtpworker.core import grammar
 
 PLACEHOLDER_DOMAIN = "wizard.invalid"
-
-
-class ServerNameForm(forms.Form):
-    name = forms.CharField(
-        label="Name",
-        max_length=64,
-        help_text="How the server appears in the tree, e.g. CorpServer.",
-    )
-    description = forms.CharField(label="Description", required=False)
-
-
-class ServerBindingForm(forms.Form):
-    ip_address = forms.CharField(
-        label="IP address",
-        required=False,
-        help_text="Empty for (All Unassigned): every address of the node.",
-        widget=forms.TextInput(attrs={"placeholder": "(All Unassigned)", "list": "ip-choices"}),
-    )
-    port = forms.IntegerField(label="TCP port", initial=25, min_value=1, max_value=65535)
-    start = forms.BooleanField(
-        label="Start the server when the wizard finishes",
-        required=False,
-        help_text="Its address and port must not be used by another running server.",
-    )
-
-    def clean(self) -> dict[str, Any]:
-        cleaned = super().clean() or {}
-        host = (cleaned.get("ip_address") or "").strip() or "*"
-        if ":" in host and not host.startswith("["):
-            host = f"[{host}]"
-        if cleaned.get("port") is not None:
-            try:
-                cleaned["binding"] = grammar.parse_binding(f"{host}:{cleaned['port']}")
-            except grammar.GrammarError as exc:
-                self.add_error("ip_address", str(exc))
-        return cleaned
-
-
-class ServerHomeForm(forms.Form):
-    home_directory = forms.CharField(
-        label="Home directory",
-        required=False,
-        help_text="Holds Queue, Pickup, Drop and Badmail. Empty: <mailroot>/<name> on each node.",
-    )
-
-
-class ServerDomainForm(forms.Form):
-    default_domain = forms.CharField(
-        label="Default domain",
-        help_text="Mail for it is delivered to Drop. A relay that owns no mail uses a dummy "
-        "name such as bogus1.",
-    )
 
 
 SERVER_STEPS = (
@@ -136,24 +90,6 @@ def new_server(request: HttpRequest) -> HttpResponse:
         )
 
     return run_wizard(request, wizard, render)
-
-
-class DomainKindForm(forms.Form):
-    kind = forms.ChoiceField(
-        label="Domain type",
-        choices=[
-            (DomainKind.LOCAL, "Alias: another name for the local mailboxes (delivered to Drop)"),
-            (DomainKind.REMOTE, "Remote: mail for it is relayed to another server"),
-        ],
-        widget=forms.RadioSelect,
-        initial=DomainKind.REMOTE,
-    )
-
-
-class DomainNameForm(forms.Form):
-    name = forms.CharField(
-        label="Name", help_text="example.com; a remote domain may be *.example.com."
-    )
 
 
 DOMAIN_STEPS = (

@@ -4,66 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from django import forms
 from django.contrib import messages
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.urls import reverse
 
 from mailadmin.console.base import author, console_view, render_console
-from mailadmin.console.forms import DOMAIN_PATH_FIELDS, attach_errors, describe, outbound_tls_fields
+from mailadmin.console.forms import (
+    DOMAIN_PATH_FIELDS,
+    LocalDomainForm,
+    RemoteDomainForm,
+    attach_errors,
+    describe,
+)
 from mailadmin.exceptions import ConfigError
-from mailadmin.models import Domain, DomainKind, OutboundAuth, VirtualServer
+from mailadmin.models import Domain, DomainKind, VirtualServer
 from mailadmin.services.config import domains as domain_services
-
-
-class LocalDomainForm(forms.Form):
-    name = forms.CharField(label="Name")
-    is_default = forms.BooleanField(
-        label="Default domain",
-        required=False,
-        help_text="The default takes postmaster mail and names the Drop directory; the "
-        "previous default becomes an alias.",
-    )
-    FIELDS = ("name", "is_default")
-
-
-class RemoteDomainForm(forms.Form):
-    name = forms.CharField(label="Name", help_text="example.com or *.example.com")
-    relay_allowed = forms.BooleanField(
-        label="Allow incoming mail to be relayed to this domain", required=False
-    )
-    use_helo = forms.BooleanField(label="Send HELO instead of EHLO", required=False)
-    forward_all_to_smart_host = forms.BooleanField(
-        label="Forward all mail to smart host", required=False
-    )
-    smart_host = forms.CharField(
-        label="Smart host", required=False, help_text="[10.0.0.2] for an address, or a host name."
-    )
-    outbound_auth_method = forms.ChoiceField(
-        label="Authentication", choices=OutboundAuth.choices, widget=forms.RadioSelect
-    )
-    outbound_username = forms.CharField(label="User name", required=False)
-    outbound_password = forms.CharField(
-        label="Password",
-        required=False,
-        strip=False,
-        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
-        help_text="Leave empty to keep the stored password.",
-    )
-    outbound_tls, outbound_tls_ca, outbound_cleartext_auth = outbound_tls_fields()
-    FIELDS = (
-        "name",
-        "relay_allowed",
-        "use_helo",
-        "forward_all_to_smart_host",
-        "smart_host",
-        "outbound_auth_method",
-        "outbound_username",
-        "outbound_tls",
-        "outbound_tls_ca",
-        "outbound_cleartext_auth",
-    )
 
 
 def _form_class(domain: Domain) -> Any:

@@ -1,5 +1,9 @@
 """Console forms: parse what a page posted into the data the services take.
 
+Every form of the console is here: the property sheets, the wizards' steps, a domain's and
+a user's properties, the queue's filter bar, Message Tracking's search and the tools'; the
+view modules (``mailadmin.console.*``) only build, render and read them.
+
 Forms only turn text into values (numbers, lists, grammar objects). Every rule about
 what is allowed is the services' (and the model validators'): their ``ConfigError`` paths
 come back onto these forms' fields through :func:`attach_errors`, so a page shows the
@@ -8,15 +12,28 @@ same message beside the field as the API gives at that path.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
+from datetime import datetime
 from typing import Any
 
 from django import forms
+from django.utils import timezone
 
 from mailadmin.exceptions import ConfigError, FieldError
 from mailadmin.layout import DOMAIN_FIELD_PATHS, SERVER_FIELD_PATHS
-from mailadmin.models import ListMode, LogPeriod, OutboundAuth, OutboundTls, VirtualServer
+from mailadmin.models import (
+    OPEN_STATES,
+    DomainKind,
+    ListMode,
+    LogPeriod,
+    MessageState,
+    OutboundAuth,
+    OutboundTls,
+    VirtualServer,
+)
 from mailadmin.models.servers import default_log_fields
+from mailadmin.tracking import parse_moment
 from mailadmin.validators import W3C_FIELDS
 from smtpworker.core import grammar
 
@@ -472,3 +489,332 @@ SHEET_PATH_FIELDS = {
     ("delivery", "retry_minutes"): "retry_first",
     ("state",): "bindings",
 }
+
+
+# --- The wizards' steps (console.create) --------------------------------------------------
+
+
+class ServerNameForm(forms.Form):
+    name = forms.CharField(
+        label="Name",
+        max_length=64,
+        help_text="How the server appears in the tree, e.g. CorpServer.",
+    )
+    description = forms.CharField(label="Description", required=False)
+
+
+class ServerBindingForm(forms.Form):
+    ip_address = forms.CharField(
+        label="IP address",
+        required=False,
+        help_text="Empty for (All Unassigned): every address of the node.",
+        widget=forms.TextInput(attrs={"placeholder": "(All Unassigned)", "list": "ip-choices"}),
+    )
+    port = forms.IntegerField(label="TCP port", initial=25, min_value=1, max_value=65535)
+    start = forms.BooleanField(
+        label="Start the server when the wizard finishes",
+        required=False,
+        help_text="Its address and port must not be used by another running server.",
+    )
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        host = (cleaned.get("ip_address") or "").strip() or "*"
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        if cleaned.get("port") is not None:
+            try:
+                cleaned["binding"] = grammar.parse_binding(f"{host}:{cleaned['port']}")
+            except grammar.GrammarError as exc:
+                self.add_error("ip_address", str(exc))
+        return cleaned
+
+
+class ServerHomeForm(forms.Form):
+    home_directory = forms.CharField(
+        label="Home directory",
+        required=False,
+        help_text="Holds Queue, Pickup, Drop and Badmail. Empty: <mailroot>/<name> on each node.",
+    )
+
+
+class ServerDomainForm(forms.Form):
+    default_domain = forms.CharField(
+        label="Default domain",
+        help_text="Mail for it is delivered to Drop. A relay that owns no mail uses a dummy "
+        "name such as bogus1.",
+    )
+
+
+class DomainKindForm(forms.Form):
+    kind = forms.ChoiceField(
+        label="Domain type",
+        choices=[
+            (DomainKind.LOCAL, "Alias: another name for the local mailboxes (delivered to Drop)"),
+            (DomainKind.REMOTE, "Remote: mail for it is relayed to another server"),
+        ],
+        widget=forms.RadioSelect,
+        initial=DomainKind.REMOTE,
+    )
+
+
+class DomainNameForm(forms.Form):
+    name = forms.CharField(
+        label="Name", help_text="example.com; a remote domain may be *.example.com."
+    )
+
+
+# --- A domain's properties (console.domains) ----------------------------------------------
+
+
+class LocalDomainForm(forms.Form):
+    name = forms.CharField(label="Name")
+    is_default = forms.BooleanField(
+        label="Default domain",
+        required=False,
+        help_text="The default takes postmaster mail and names the Drop directory; the "
+        "previous default becomes an alias.",
+    )
+    FIELDS = ("name", "is_default")
+
+
+class RemoteDomainForm(forms.Form):
+    name = forms.CharField(label="Name", help_text="example.com or *.example.com")
+    relay_allowed = forms.BooleanField(
+        label="Allow incoming mail to be relayed to this domain", required=False
+    )
+    use_helo = forms.BooleanField(label="Send HELO instead of EHLO", required=False)
+    forward_all_to_smart_host = forms.BooleanField(
+        label="Forward all mail to smart host", required=False
+    )
+    smart_host = forms.CharField(
+        label="Smart host", required=False, help_text="[10.0.0.2] for an address, or a host name."
+    )
+    outbound_auth_method = forms.ChoiceField(
+        label="Authentication", choices=OutboundAuth.choices, widget=forms.RadioSelect
+    )
+    outbound_username = forms.CharField(label="User name", required=False)
+    outbound_password = forms.CharField(
+        label="Password",
+        required=False,
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+        help_text="Leave empty to keep the stored password.",
+    )
+    outbound_tls, outbound_tls_ca, outbound_cleartext_auth = outbound_tls_fields()
+    FIELDS = (
+        "name",
+        "relay_allowed",
+        "use_helo",
+        "forward_all_to_smart_host",
+        "smart_host",
+        "outbound_auth_method",
+        "outbound_username",
+        "outbound_tls",
+        "outbound_tls_ca",
+        "outbound_cleartext_auth",
+    )
+
+
+# --- SMTP users (console.users) -----------------------------------------------------------
+
+
+class PasswordFields(forms.Form):
+    password = forms.CharField(
+        label="Password",
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+    )
+    confirm = forms.CharField(
+        label="Confirm password",
+        strip=False,
+        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+    )
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        if cleaned.get("password") and cleaned.get("password") != cleaned.get("confirm"):
+            self.add_error("confirm", "The two passwords differ.")
+        return cleaned
+
+
+class AccountFields(forms.Form):
+    is_active = forms.BooleanField(label="Account enabled", required=False, initial=True)
+    allow_cram_md5 = forms.BooleanField(
+        label="Allow CRAM-MD5 (stores a password-equivalent; takes effect at the next password)",
+        required=False,
+    )
+    servers = forms.ModelMultipleChoiceField(
+        label="May log in to",
+        queryset=VirtualServer.objects.order_by("name"),
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="None ticked: every server.",
+    )
+
+
+class NewUserForm(AccountFields, PasswordFields):
+    username = forms.CharField(label="User name", max_length=254)
+    field_order = ["username", "password", "confirm", "is_active", "allow_cram_md5", "servers"]
+
+
+# --- The message list's filter bar (console.queues) ---------------------------------------
+
+
+STATE_CHOICES = [
+    ("open", "In the queue"),
+    *((str(s.value), str(s.label)) for s in MessageState),
+    ("all", "Any state"),
+]
+OPEN = ",".join(str(s) for s in OPEN_STATES)
+AGES: dict[str, tuple[str, dict[str, str]]] = {
+    "": ("Any age", {}),
+    "lt1h": ("Less than 1 hour", {"newer_than_minutes": "60"}),
+    "gt1h": ("Older than 1 hour", {"older_than_minutes": "60"}),
+    "gt6h": ("Older than 6 hours", {"older_than_minutes": "360"}),
+    "gt1d": ("Older than 1 day", {"older_than_minutes": "1440"}),
+}
+
+
+class MessageFilter(forms.Form):
+    """The filter bar: the API's filters, with the age as a few ready-made ranges."""
+
+    server = forms.ChoiceField(required=False, label="Server")
+    queue = forms.CharField(required=False, label="Next hop", max_length=300)
+    state = forms.ChoiceField(required=False, label="State", choices=STATE_CHOICES)
+    sender = forms.CharField(required=False, label="From", max_length=320)
+    recipient = forms.CharField(required=False, label="To", max_length=320)
+    subject = forms.CharField(required=False, label="Subject", max_length=255)
+    age = forms.ChoiceField(
+        required=False, label="Age", choices=[(k, v[0]) for k, v in AGES.items()]
+    )
+
+    def __init__(self, data: Any) -> None:
+        data = data.copy()
+        data.setdefault("state", "open")
+        super().__init__(data)
+        names = list(VirtualServer.objects.order_by("name").values_list("name", flat=True))
+        if data.get("server") and data["server"] not in names:
+            names.append(data["server"])  # a server deleted since: its mail is still here
+        server = self.fields["server"]
+        assert isinstance(server, forms.ChoiceField)
+        server.choices = [("", "All servers"), *((n, n) for n in names)]
+
+    def params(self) -> dict[str, str]:
+        """The selector's parameters (``mailadmin.selectors.queues.messages_filtered``)."""
+        if not self.is_valid():
+            return {"state": OPEN}
+        data = self.cleaned_data
+        state = {"open": OPEN, "all": ""}.get(data["state"], data["state"])
+        params = {k: data[k] for k in ("server", "queue", "sender", "recipient", "subject")}
+        return {**params, "state": state, **AGES[data["age"]][1]}
+
+
+# --- Message Tracking's search (console.tracking) -----------------------------------------
+
+
+QUEUE_ID = re.compile(r"[0-9A-Z]+")
+TIME_FORMAT = "YYYY-MM-DD or YYYY-MM-DD hh:mm"
+
+
+def _time_field(label: str, help_text: str) -> forms.CharField:
+    return forms.CharField(
+        label=label,
+        required=False,
+        max_length=64,
+        help_text=help_text,
+        widget=forms.TextInput(attrs={"placeholder": "YYYY-MM-DD hh:mm", "autocomplete": "off"}),
+    )
+
+
+class TrackingSearch(forms.Form):
+    """The criteria of ``mailadmin.tracking.tracked_messages``; every one optional, all
+    of those given must match. Times are parsed as the API parses ``since``/``until``."""
+
+    queue_id = forms.CharField(
+        label="Queue ID",
+        required=False,
+        max_length=32,
+        help_text="Exact, as in “250 2.0.0 queued as …”.",
+        widget=forms.TextInput(attrs={"class": "mono", "spellcheck": "false"}),
+    )
+    sender = forms.CharField(label="Sender", required=False, max_length=320)
+    recipient = forms.CharField(label="Recipient", required=False, max_length=320)
+    subject = forms.CharField(label="Subject", required=False, max_length=255)
+    server = forms.ChoiceField(label="Server", required=False)
+    since = _time_field("Received from", "At or after this time.")
+    until = _time_field("Received to", "Before this time; a date alone includes that day.")
+
+    def __init__(self, data: Any) -> None:
+        super().__init__(data)
+        names = list(VirtualServer.objects.order_by("name").values_list("name", flat=True))
+        wanted = data.get("server")
+        if wanted and wanted not in names:
+            names.append(wanted)  # a server deleted since: its messages are still recorded
+        server = self.fields["server"]
+        assert isinstance(server, forms.ChoiceField)
+        server.choices = [("", "All servers"), *((n, n) for n in names)]
+        zone = timezone.get_current_timezone_name()
+        for name in ("since", "until"):
+            self.fields[name].help_text += f" Times are {zone} unless they carry an offset."
+
+    def clean_queue_id(self) -> str:
+        value = str(self.cleaned_data["queue_id"]).strip().upper()
+        if value and not QUEUE_ID.fullmatch(value):
+            raise forms.ValidationError("A queue ID has only letters and digits.")
+        return value
+
+    def _moment(self, name: str) -> datetime | None:
+        try:
+            return parse_moment(self.cleaned_data[name], end_of_day=name == "until")
+        except ValueError as exc:
+            hint = f" Write it as {TIME_FORMAT}." if "ISO 8601" in str(exc) else ""
+            raise forms.ValidationError(f"{exc}{hint}") from exc
+
+    def clean_since(self) -> datetime | None:
+        return self._moment("since")
+
+    def clean_until(self) -> datetime | None:
+        return self._moment("until")
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        since, until = data.get("since"), data.get("until")
+        if since is not None and until is not None and until <= since:
+            self.add_error("until", "This must be later than “Received from”.")
+        return data
+
+    def criteria(self) -> dict[str, Any]:
+        """The keyword arguments of ``tracked_messages`` (call only once valid)."""
+        return dict(self.cleaned_data)
+
+
+# --- Test relay and the document import (console.tools) -----------------------------------
+
+
+class RelayTestForm(forms.Form):
+    client_ip = forms.CharField(label="Client IP address", initial="192.0.2.10")
+    authenticated = forms.BooleanField(label="The client has authenticated", required=False)
+    username = forms.CharField(label="as user", required=False)
+    tls = forms.BooleanField(label="The session uses TLS", required=False)
+    sender = forms.CharField(label="Sender (MAIL FROM)", initial="someone@example.org")
+    recipient = forms.CharField(label="Recipient (RCPT TO)")
+
+
+class ImportForm(forms.Form):
+    file = forms.FileField(label="Document file (JSON or YAML)", required=False)
+    text = forms.CharField(
+        label="or paste the document",
+        required=False,
+        strip=False,
+        widget=forms.Textarea(attrs={"rows": 8, "class": "mono", "spellcheck": "false"}),
+    )
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        upload = cleaned.get("file")
+        if upload:
+            cleaned["text"] = upload.read().decode("utf-8", "replace")
+        if not (cleaned.get("text") or "").strip():
+            raise forms.ValidationError("Choose a file or paste a document.")
+        return cleaned

@@ -11,7 +11,6 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from django import forms
 from django.contrib import messages
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -22,6 +21,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from mailadmin import queues
 from mailadmin.access import can_write
 from mailadmin.console.base import author, console_view, newest_first_page, render_console
+from mailadmin.console.forms import OPEN, MessageFilter
 from mailadmin.console.servers import back
 from mailadmin.models import OPEN_STATES, Message, MessageState, RecipientState, VirtualServer
 from mailadmin.paging import NewestFirst
@@ -32,20 +32,6 @@ from mailadmin.tasks import enqueue_messages
 MAX_BULK = 10_000  # as the API's bulk action
 CONFIRM_SHOWN = 20
 
-STATE_CHOICES = [
-    ("open", "In the queue"),
-    *((str(s.value), str(s.label)) for s in MessageState),
-    ("all", "Any state"),
-]
-OPEN = ",".join(str(s) for s in OPEN_STATES)
-AGES: dict[str, tuple[str, dict[str, str]]] = {
-    "": ("Any age", {}),
-    "lt1h": ("Less than 1 hour", {"newer_than_minutes": "60"}),
-    "gt1h": ("Older than 1 hour", {"older_than_minutes": "60"}),
-    "gt6h": ("Older than 6 hours", {"older_than_minutes": "360"}),
-    "gt1d": ("Older than 1 day", {"older_than_minutes": "1440"}),
-}
-
 # action -> (button, what happened to the messages)
 ACTIONS = {
     "retry": ("Retry now", "will be tried again now"),
@@ -55,40 +41,6 @@ ACTIONS = {
     "delete_ndr": ("Delete with NDR", "deleted, and their senders told"),
 }
 DESTRUCTIVE = ("delete", "delete_ndr")
-
-
-class MessageFilter(forms.Form):
-    """The filter bar: the API's filters, with the age as a few ready-made ranges."""
-
-    server = forms.ChoiceField(required=False, label="Server")
-    queue = forms.CharField(required=False, label="Next hop", max_length=300)
-    state = forms.ChoiceField(required=False, label="State", choices=STATE_CHOICES)
-    sender = forms.CharField(required=False, label="From", max_length=320)
-    recipient = forms.CharField(required=False, label="To", max_length=320)
-    subject = forms.CharField(required=False, label="Subject", max_length=255)
-    age = forms.ChoiceField(
-        required=False, label="Age", choices=[(k, v[0]) for k, v in AGES.items()]
-    )
-
-    def __init__(self, data: Any) -> None:
-        data = data.copy()
-        data.setdefault("state", "open")
-        super().__init__(data)
-        names = list(VirtualServer.objects.order_by("name").values_list("name", flat=True))
-        if data.get("server") and data["server"] not in names:
-            names.append(data["server"])  # a server deleted since: its mail is still here
-        server = self.fields["server"]
-        assert isinstance(server, forms.ChoiceField)
-        server.choices = [("", "All servers"), *((n, n) for n in names)]
-
-    def params(self) -> dict[str, str]:
-        """The selector's parameters (``mailadmin.queues.messages_filtered``)."""
-        if not self.is_valid():
-            return {"state": OPEN}
-        data = self.cleaned_data
-        state = {"open": OPEN, "all": ""}.get(data["state"], data["state"])
-        params = {k: data[k] for k in ("server", "queue", "sender", "recipient", "subject")}
-        return {**params, "state": state, **AGES[data["age"]][1]}
 
 
 def short_age(when: datetime | None, now: datetime | None = None) -> str:

@@ -6,7 +6,6 @@ import json
 from typing import Any
 
 import yaml
-from django import forms
 from django.contrib import messages
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse
@@ -15,6 +14,7 @@ from django.shortcuts import get_object_or_404, redirect
 from mailadmin import configdoc
 from mailadmin.audit import audit_entries, snapshot_changes
 from mailadmin.console.base import author, console_view, render_console
+from mailadmin.console.forms import ImportForm, RelayTestForm
 from mailadmin.exceptions import ConfigError, FieldError
 from mailadmin.models import VirtualServer
 from mailadmin.relaytest import relay_test
@@ -22,15 +22,6 @@ from mailadmin.services.config.versions import canonical_body, current_version
 from smtpworker.core.grammar import GrammarError
 
 AUDIT_PAGE = 25
-
-
-class RelayTestForm(forms.Form):
-    client_ip = forms.CharField(label="Client IP address", initial="192.0.2.10")
-    authenticated = forms.BooleanField(label="The client has authenticated", required=False)
-    username = forms.CharField(label="as user", required=False)
-    tls = forms.BooleanField(label="The session uses TLS", required=False)
-    sender = forms.CharField(label="Sender (MAIL FROM)", initial="someone@example.org")
-    recipient = forms.CharField(label="Recipient (RCPT TO)")
 
 
 @console_view
@@ -71,25 +62,6 @@ def audit_log(request: HttpRequest) -> HttpResponse:
     return render_console(
         request, "mailadmin/tools/audit.html", {"entries": entries, "older": older}, node="audit"
     )
-
-
-class ImportForm(forms.Form):
-    file = forms.FileField(label="Document file (JSON or YAML)", required=False)
-    text = forms.CharField(
-        label="or paste the document",
-        required=False,
-        strip=False,
-        widget=forms.Textarea(attrs={"rows": 8, "class": "mono", "spellcheck": "false"}),
-    )
-
-    def clean(self) -> dict[str, Any]:
-        cleaned = super().clean() or {}
-        upload = cleaned.get("file")
-        if upload:
-            cleaned["text"] = upload.read().decode("utf-8", "replace")
-        if not (cleaned.get("text") or "").strip():
-            raise forms.ValidationError("Choose a file or paste a document.")
-        return cleaned
 
 
 @console_view

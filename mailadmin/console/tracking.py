@@ -10,26 +10,23 @@ one step, and ends with where the message is now.
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
-from django import forms
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
 from django.utils import timezone
 
 from mailadmin.console.base import console_view, newest_first_page, render_console
+from mailadmin.console.forms import TrackingSearch
 from mailadmin.console.queues import short_age
-from mailadmin.models import OPEN_STATES, Message, MessageState, RecipientState, VirtualServer
+from mailadmin.models import OPEN_STATES, Message, MessageState, RecipientState
 from mailadmin.paging import NewestFirst
-from mailadmin.tracking import message_events, parse_moment, tracked_messages
+from mailadmin.tracking import message_events, tracked_messages
 
-QUEUE_ID = re.compile(r"[0-9A-Z]+")
 CRITERIA = ("queue_id", "sender", "recipient", "subject", "server", "since", "until")
-TIME_FORMAT = "YYYY-MM-DD or YYYY-MM-DD hh:mm"
 # Outcome of an attempt -> what the history calls it.
 OUTCOMES = {"delivered": "Delivered", "deferred": "Deferred", "bounced": "Failed"}
 # What a step may show, for the events that do not carry it.
@@ -40,78 +37,6 @@ WAITING = {
     MessageState.RETRY: "Retry: waiting for the next attempt.",
     MessageState.SUSPENDED: "Suspended: held by an operator until resumed.",
 }
-
-
-def _time_field(label: str, help_text: str) -> forms.CharField:
-    return forms.CharField(
-        label=label,
-        required=False,
-        max_length=64,
-        help_text=help_text,
-        widget=forms.TextInput(attrs={"placeholder": "YYYY-MM-DD hh:mm", "autocomplete": "off"}),
-    )
-
-
-class TrackingSearch(forms.Form):
-    """The criteria of ``mailadmin.tracking.tracked_messages``; every one optional, all
-    of those given must match. Times are parsed as the API parses ``since``/``until``."""
-
-    queue_id = forms.CharField(
-        label="Queue ID",
-        required=False,
-        max_length=32,
-        help_text="Exact, as in “250 2.0.0 queued as …”.",
-        widget=forms.TextInput(attrs={"class": "mono", "spellcheck": "false"}),
-    )
-    sender = forms.CharField(label="Sender", required=False, max_length=320)
-    recipient = forms.CharField(label="Recipient", required=False, max_length=320)
-    subject = forms.CharField(label="Subject", required=False, max_length=255)
-    server = forms.ChoiceField(label="Server", required=False)
-    since = _time_field("Received from", "At or after this time.")
-    until = _time_field("Received to", "Before this time; a date alone includes that day.")
-
-    def __init__(self, data: Any) -> None:
-        super().__init__(data)
-        names = list(VirtualServer.objects.order_by("name").values_list("name", flat=True))
-        wanted = data.get("server")
-        if wanted and wanted not in names:
-            names.append(wanted)  # a server deleted since: its messages are still recorded
-        server = self.fields["server"]
-        assert isinstance(server, forms.ChoiceField)
-        server.choices = [("", "All servers"), *((n, n) for n in names)]
-        zone = timezone.get_current_timezone_name()
-        for name in ("since", "until"):
-            self.fields[name].help_text += f" Times are {zone} unless they carry an offset."
-
-    def clean_queue_id(self) -> str:
-        value = str(self.cleaned_data["queue_id"]).strip().upper()
-        if value and not QUEUE_ID.fullmatch(value):
-            raise forms.ValidationError("A queue ID has only letters and digits.")
-        return value
-
-    def _moment(self, name: str) -> datetime | None:
-        try:
-            return parse_moment(self.cleaned_data[name], end_of_day=name == "until")
-        except ValueError as exc:
-            hint = f" Write it as {TIME_FORMAT}." if "ISO 8601" in str(exc) else ""
-            raise forms.ValidationError(f"{exc}{hint}") from exc
-
-    def clean_since(self) -> datetime | None:
-        return self._moment("since")
-
-    def clean_until(self) -> datetime | None:
-        return self._moment("until")
-
-    def clean(self) -> dict[str, Any]:
-        data = super().clean() or {}
-        since, until = data.get("since"), data.get("until")
-        if since is not None and until is not None and until <= since:
-            self.add_error("until", "This must be later than “Received from”.")
-        return data
-
-    def criteria(self) -> dict[str, Any]:
-        """The keyword arguments of ``tracked_messages`` (call only once valid)."""
-        return dict(self.cleaned_data)
 
 
 def search_query(params: Any) -> str:

@@ -15,49 +15,17 @@ from django.shortcuts import get_object_or_404, redirect
 from django.urls import reverse
 
 from mailadmin.console.base import author, console_view, render_console
-from mailadmin.console.forms import USER_PATH_FIELDS, attach_errors, describe
+from mailadmin.console.forms import (
+    USER_PATH_FIELDS,
+    AccountFields,
+    NewUserForm,
+    PasswordFields,
+    attach_errors,
+    describe,
+)
 from mailadmin.exceptions import ConfigError
-from mailadmin.models import SmtpUser, VirtualServer
+from mailadmin.models import SmtpUser
 from mailadmin.services.config import users as user_services
-
-
-class PasswordFields(forms.Form):
-    password = forms.CharField(
-        label="Password",
-        strip=False,
-        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
-    )
-    confirm = forms.CharField(
-        label="Confirm password",
-        strip=False,
-        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
-    )
-
-    def clean(self) -> dict[str, Any]:
-        cleaned = super().clean() or {}
-        if cleaned.get("password") and cleaned.get("password") != cleaned.get("confirm"):
-            self.add_error("confirm", "The two passwords differ.")
-        return cleaned
-
-
-class AccountFields(forms.Form):
-    is_active = forms.BooleanField(label="Account enabled", required=False, initial=True)
-    allow_cram_md5 = forms.BooleanField(
-        label="Allow CRAM-MD5 (stores a password-equivalent; takes effect at the next password)",
-        required=False,
-    )
-    servers = forms.ModelMultipleChoiceField(
-        label="May log in to",
-        queryset=VirtualServer.objects.order_by("name"),
-        required=False,
-        widget=forms.CheckboxSelectMultiple,
-        help_text="None ticked: every server.",
-    )
-
-
-class NewUserForm(AccountFields, PasswordFields):
-    username = forms.CharField(label="User name", max_length=254)
-    field_order = ["username", "password", "confirm", "is_active", "allow_cram_md5", "servers"]
 
 
 def _data(form: forms.Form, *names: str) -> dict[str, Any]:
