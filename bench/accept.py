@@ -46,12 +46,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bin")]
 
+from smtpworker.core import contract  # noqa: E402 - after the path is set
+
 
 def bench_keys() -> None:
     """Give this run's processes keys of their own: the product ships none (make run
     generates them), and every process it starts inherits them from our environment."""
-    for name in ("SECRET_KEY", "MAILADMIN_ENCRYPTION_KEY"):
-        if not (os.environ.get(name) or os.environ.get(f"{name}_FILE")):
+    for name in (contract.SECRET_KEY_ENV, contract.ENCRYPTION_KEY_ENV):
+        if not contract.env_given(name):
             os.environ[name] = f"bench-{secrets.token_urlsafe(32)}"
 
 
@@ -503,7 +505,7 @@ def publish(redis_url: str, servers: list[tuple[str, int, str]]) -> None:
     ]
     client = redis.Redis.from_url(redis_url)
     body = published(dump_site(site(*configs, version=servers[0][1])))
-    client.set("mailadmin:config:body", body)
+    client.set(contract.CONFIG_BODY_KEY, body)
     client.close()
 
 
@@ -537,7 +539,7 @@ def wait_listening(redis_url: str, target: Target, reporters: list[tuple[str, st
     client = redis.Redis.from_url(redis_url)
     deadline = time.monotonic() + 30
     while True:
-        bodies = client.mget([f"mailadmin:worker:{n}" for n, _ in reporters])
+        bodies = client.mget([contract.worker_key(n) for n, _ in reporters])
         states = [
             (json.loads(b), name) for b, (_, name) in zip(bodies, reporters, strict=True) if b
         ]
@@ -736,7 +738,7 @@ def bench_redis(work: Path) -> Iterator[str]:
             yield url
         finally:
             client = redis.Redis.from_url(url)
-            keys = [b"mailadmin:config:body", *client.scan_iter(f"mailadmin:worker:{NODE}*")]
+            keys = [contract.CONFIG_BODY_KEY, *client.scan_iter(contract.worker_key(f"{NODE}*"))]
             client.delete(*keys)
             client.close()
         return

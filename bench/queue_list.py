@@ -29,8 +29,10 @@ def setup(database_dir: Path) -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mailadmin.settings")
     os.environ["MAILADMIN_DATA_DIR"] = str(database_dir)
     # The product ships no key (make run generates them): this run makes its own.
-    for name in ("SECRET_KEY", "MAILADMIN_ENCRYPTION_KEY"):
-        if not (os.environ.get(name) or os.environ.get(f"{name}_FILE")):
+    from smtpworker.core import contract
+
+    for name in (contract.SECRET_KEY_ENV, contract.ENCRYPTION_KEY_ENV):
+        if not contract.env_given(name):
             os.environ[name] = f"bench-{secrets.token_urlsafe(32)}"
     url = os.environ.get("DATABASE_URL", "")
     if url.startswith("postgres"):

@@ -79,7 +79,8 @@ from accept import (  # noqa: E402 - bench/accept.py: shared machine and /proc h
     spread_subdirectories,
 )
 
-from smtpworker.core.handoff import delivery_queue  # noqa: E402 - the queue relay tasks go to
+from smtpworker.core import contract  # noqa: E402
+from smtpworker.core.contract import delivery_queue  # noqa: E402 - the queue relay tasks go to
 
 KB = 1024
 # (size, sessions) -> messages per timed run; the warm-up sends WARMUP[size] first.
@@ -642,7 +643,7 @@ class Product:
         deadline = time.monotonic() + 60
         try:
             while True:
-                body = client.get(f"mailadmin:worker:{node.name}")
+                body = client.get(contract.worker_key(node.name))
                 state = json.loads(body) if body else {}
                 server = state.get("servers", {}).get(node.server, {})
                 if server.get("listening"):

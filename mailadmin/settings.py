@@ -18,20 +18,18 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from smtpworker.core import safefile
+from smtpworker.core import contract, safefile
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
 def envstr(name: str, default: str) -> str:
-    """Return ``$name``, or the contents of the file named by ``$name_FILE``, or ``default``."""
-    file_name = os.environ.get(f"{name}_FILE")
-    if file_name:
-        try:
-            return Path(file_name).read_text().strip()
-        except OSError as exc:
-            raise ImproperlyConfigured(f"{name}_FILE={file_name!r} cannot be read: {exc}") from exc
-    return os.environ.get(name, default)
+    """Return ``$name``, or the contents of the file named by ``$name_FILE``, or ``default``
+    (:func:`smtpworker.core.contract.env`, as the SMTP worker reads them)."""
+    try:
+        return contract.env(name, default)
+    except contract.EnvFileError as exc:
+        raise ImproperlyConfigured(str(exc)) from exc
 
 
 def envbool(name: str, default: str) -> bool:
@@ -60,11 +58,11 @@ DEBUG = envbool("DEBUG", "false")
 # once into var/ and passes them to every process; a deployment mounts them as *_FILE.
 # Left empty, Django refuses to use it, and the checks in mailadmin.checks (run by
 # `migrate`, the web process and Celery at start) refuse to start without DEBUG.
-SECRET_KEY = envstr("SECRET_KEY", "")
+SECRET_KEY = envstr(contract.SECRET_KEY_ENV, "")
 # Encrypts secrets at rest (TLS keys, smart-host passwords, CRAM-MD5 contexts). The SMTP
 # worker needs the same value to decrypt them from the published snapshot. Falls back to
 # SECRET_KEY so a single-machine install needs only one secret.
-MAILADMIN_ENCRYPTION_KEY = envstr("MAILADMIN_ENCRYPTION_KEY", "") or SECRET_KEY
+MAILADMIN_ENCRYPTION_KEY = contract.encryption_key_setting(lambda name: envstr(name, ""))[1]
 ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", "127.0.0.1,localhost,[::1],testserver")
 CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", "")
 
@@ -182,7 +180,7 @@ LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/accounts/login/"
 
-REDIS_URL = envstr("REDIS_URL", "redis://127.0.0.1:6379/0")
+REDIS_URL = envstr("REDIS_URL", contract.DEFAULT_REDIS_URL)
 
 # -- Browsers: HTTPS, cookies, Content-Security-Policy --------------------------------
 # Behind a reverse proxy that terminates TLS, name the header it sets to the original

@@ -18,8 +18,10 @@ from collections.abc import Iterator
 
 import pytest
 
-for _name in ("SECRET_KEY", "MAILADMIN_ENCRYPTION_KEY"):
-    if not (os.environ.get(_name) or os.environ.get(f"{_name}_FILE")):
+from smtpworker.core.contract import ENCRYPTION_KEY_ENV, SECRET_KEY_ENV, env_given
+
+for _name in (SECRET_KEY_ENV, ENCRYPTION_KEY_ENV):
+    if not env_given(_name):
         os.environ[_name] = f"test-session-{secrets.token_urlsafe(32)}"
 
 # settings.CACHES["axes"]["KEY_PREFIX"]; Django puts ":<version>:" after it.

@@ -22,6 +22,7 @@ import redis
 from django.db import connection
 
 from mailadmin.celery import app as celery_app
+from smtpworker.core import contract
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -193,7 +194,7 @@ class Stack:
     def wait_smtp_applied(self, version: int, timeout: float = 15.0) -> dict[str, Any]:
         def applied() -> dict[str, Any] | None:
             client = redis.Redis.from_url(self.redis_url)
-            body = client.get(f"mailadmin:worker:{self.node}")
+            body = client.get(contract.worker_key(self.node))
             client.close()
             status = json.loads(body) if body else None
             if status and status["applied_version"] >= version and not status.get("stopped"):

@@ -19,6 +19,7 @@ from mailadmin.models import VirtualServer
 from mailadmin.services.config import control
 from mailadmin.services.config.servers import server_update
 from mailadmin.services.config.versions import current_version
+from smtpworker.core import contract
 from smtpworker.core.grammar import Binding
 
 pytestmark = pytest.mark.django_db
@@ -56,7 +57,7 @@ def report(workers: redis.Redis, node: str, **fields: Any) -> None:
         "sessions": [],
         **fields,
     }
-    workers.set(f"mailadmin:worker:{node}", json.dumps(body))
+    workers.set(contract.worker_key(node), json.dumps(body))
 
 
 def test_it_feeds_every_servers_state(

@@ -26,6 +26,7 @@ from rest_framework.test import APIClient
 from mailadmin.celery import app as celery_app
 from mailadmin.models import ConfigSnapshot
 from mailadmin.tests.stack import until
+from smtpworker.core import contract
 from smtpworker.tests.factories import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -70,7 +71,7 @@ class Worker:
 
     def status(self) -> dict[str, Any] | None:
         client = redis.Redis.from_url(self.redis_url)
-        body = client.get(f"mailadmin:worker:{self.node}")
+        body = client.get(contract.worker_key(self.node))
         client.close()
         return json.loads(body) if body else None
 

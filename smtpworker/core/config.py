@@ -19,6 +19,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from smtpworker.core.contract import (
+    DomainKind,
+    ListMode,
+    OutboundAuth,
+    OutboundTls,
+    ServerState,
+)
 from smtpworker.core.grammar import (
     AccessEntry,
     Binding,
@@ -30,11 +37,12 @@ from smtpworker.core.grammar import (
 
 SCHEMA = 1
 
-LIST_MODES = ("all_except_list", "only_list")
-SERVER_STATES = ("started", "stopped", "paused")
-AUTH_METHODS = ("anonymous", "basic", "integrated")
-TLS_LEVELS = ("opportunistic", "required", "verified")
-DOMAIN_KINDS = ("local", "remote")
+# The values a field may take (plain strings: they read back from JSON as such).
+LIST_MODES = tuple(m.value for m in ListMode)
+SERVER_STATES = tuple(s.value for s in ServerState)
+AUTH_METHODS = tuple(m.value for m in OutboundAuth)
+TLS_LEVELS = tuple(t.value for t in OutboundTls)
+DOMAIN_KINDS = tuple(k.value for k in DomainKind)
 
 
 class ConfigFormatError(ValueError):
@@ -136,7 +144,7 @@ class OutboundSecurity:
 
     @property
     def tls_required(self) -> bool:
-        return self.tls != "opportunistic"
+        return self.tls != OutboundTls.OPPORTUNISTIC
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,8 +235,12 @@ def domain_entry(domains: Iterable[DomainConfig], domain: str) -> DomainConfig |
     for entry in domains:
         pattern = _lookup_name(entry.name)
         if pattern == name:
-            rank = _LOCAL_EXACT if entry.kind == "local" else _REMOTE_EXACT
-        elif entry.kind == "remote" and pattern.startswith("*.") and domain_matches(pattern, name):
+            rank = _LOCAL_EXACT if entry.kind == DomainKind.LOCAL else _REMOTE_EXACT
+        elif (
+            entry.kind == DomainKind.REMOTE
+            and pattern.startswith("*.")
+            and domain_matches(pattern, name)
+        ):
             # Every matching wildcard is a suffix of the name: the longer, the more labels.
             rank = len(pattern)
         else:
@@ -335,7 +347,8 @@ def _decode(cls: type[T], data: Any, path: str) -> T:
         raise ConfigFormatError(f"{path}: expected an object")
     if cls is OutboundSecurity and type(data.get("tls")) is bool:
         # A body written when outbound TLS was a check box: "required" kept its meaning.
-        data = {**data, "tls": "required" if data["tls"] else "opportunistic"}
+        level = OutboundTls.REQUIRED if data["tls"] else OutboundTls.OPPORTUNISTIC
+        data = {**data, "tls": level.value}
     hints = typing.get_type_hints(cls)
     fields = dataclasses.fields(cls)  # type: ignore[arg-type]
     # A field with a default was added after the schema was first published; a body

@@ -12,9 +12,10 @@ from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from smtpworker.core.contract import PUBLIC_DEVELOPMENT_KEY
+
 __all__ = [
     "PREFIX",
-    "PUBLIC_DEVELOPMENT_KEY",
     "SecretBox",
     "SecretBoxError",
     "is_sealed",
@@ -28,11 +29,6 @@ PREFIX = "enc:v1:"
 _SALT = b"mailadmin secretbox salt v1"
 _INFO = b"mailadmin secretbox v1"
 _WRONG_KEY = "cannot decrypt: the encryption key differs from the one this secret was stored with"
-# What SECRET_KEY and MAILADMIN_ENCRYPTION_KEY fell back to before keys had no default.
-# It was in the repository, so it is public: nothing may run with it. It is kept only to
-# recognise it (key_problem) and to re-seal what an old install stored under it
-# (``manage.py reseal_secrets --public-development-key``, which `make run` runs).
-PUBLIC_DEVELOPMENT_KEY = "dev-insecure-mailadmin-secret-key-change-me"
 
 
 def key_problem(name: str, key: str) -> str | None:

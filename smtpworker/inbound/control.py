@@ -2,7 +2,8 @@
 
 A node joins Celery's broadcast mailbox (kombu's pidbox, the mechanism behind
 ``app.control.broadcast`` and ``celery inspect``) as ``smtp@<node>``, so the web side can
-reach every SMTP node, or one, with ordinary Celery control messages:
+reach every SMTP node, or one, with ordinary Celery control messages (the names are in
+:mod:`smtpworker.core.contract`):
 
 * ``smtp_reload`` — check for a new configuration version now;
 * ``smtp_status`` — reply with what the node runs;
@@ -24,15 +25,10 @@ from typing import Any
 from kombu.connection import Connection
 from kombu.pidbox import Mailbox, Node
 
+from smtpworker.core import contract
 from smtpworker.inbound.watcher import Follower
 
 log = logging.getLogger(__name__)
-
-NAMESPACE = "celery"  # Celery's default control exchange, "celery.pidbox"
-
-
-def node_hostname(node: str) -> str:
-    return f"smtp@{node}"
 
 
 class _SmtpNode(Node):
@@ -67,14 +63,15 @@ class ControlPlane(threading.Thread):
     def handlers(self) -> dict[str, Callable[..., Any]]:
         follower = self.follower
 
-        def reload(state: Any, version: int | None = None, **_: Any) -> dict[str, Any]:
+        def reload(state: Any, version: int | None = None, **_: Any) -> contract.ReloadReply:
             self.loop.call_soon_threadsafe(follower.trigger)
             return {"ok": True, "requested": version}
 
-        def status(state: Any, **_: Any) -> dict[str, Any]:
-            return dict(self._on_loop(follower.status))
+        def status(state: Any, **_: Any) -> contract.NodeReport:
+            report: contract.NodeReport = self._on_loop(follower.status)
+            return report
 
-        def terminate(state: Any, session_id: str = "", **_: Any) -> dict[str, Any]:
+        def terminate(state: Any, session_id: str = "", **_: Any) -> contract.TerminateReply:
             done = self._on_loop(lambda: follower.node.sessions.terminate(session_id))
             return {"ok": bool(done), "session_id": session_id}
 
@@ -82,15 +79,17 @@ class ControlPlane(threading.Thread):
             return "pong"
 
         return {
-            "smtp_reload": reload,
-            "smtp_status": status,
-            "smtp_terminate": terminate,
-            "smtp_ping": ping,
+            contract.Command.RELOAD: reload,
+            contract.Command.STATUS: status,
+            contract.Command.TERMINATE: terminate,
+            contract.Command.PING: ping,
         }
 
     def run(self) -> None:
-        mailbox = Mailbox(NAMESPACE, type="fanout", accept=["json"], serializer="json")
-        hostname = node_hostname(self.follower.node.name)
+        mailbox = Mailbox(
+            contract.CONTROL_NAMESPACE, type="fanout", accept=["json"], serializer="json"
+        )
+        hostname = contract.control_hostname(self.follower.node.name)
         while not self._stopped.is_set():
             try:
                 with Connection(self.broker_url, connect_timeout=5) as conn:

@@ -55,9 +55,8 @@ import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from smtpworker.core import safefile
+from smtpworker.core import contract, safefile
 from smtpworker.core.config import ServerConfig, SiteConfig
 from smtpworker.core.configmac import body_key
 from smtpworker.core.handoff import Handoff
@@ -90,18 +89,16 @@ PR_SET_PDEATHSIG = 1
 
 def env(name: str, default: str = "") -> str:
     """``$name``, or the contents of the file named by ``$name_FILE`` (container secrets),
-    as mailadmin.settings reads them."""
-    file_name = os.environ.get(f"{name}_FILE")
-    if file_name:
-        try:
-            return Path(file_name).read_text().strip()
-        except OSError as exc:
-            raise SystemExit(f"{name}_FILE={file_name!r} cannot be read: {exc}") from exc
-    return os.environ.get(name, default)
+    as mailadmin.settings reads them (:func:`smtpworker.core.contract.env`); an unreadable
+    file is a SystemExit saying so."""
+    try:
+        return contract.env(name, default)
+    except contract.EnvFileError as exc:
+        raise SystemExit(str(exc)) from exc
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    base = Path(__file__).resolve().parent.parent
+    base = Path(__file__).resolve().parents[2]  # the checkout, as mailadmin.settings.BASE_DIR
     data_dir = Path(env("MAILADMIN_DATA_DIR") or base / "var")
     parser = argparse.ArgumentParser(
         prog="python -m smtpworker",
@@ -111,7 +108,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--node", default=env("MAILADMIN_NODE") or socket.gethostname().split(".")[0]
     )
-    parser.add_argument("--redis", default=env("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    parser.add_argument("--redis", default=env("REDIS_URL", contract.DEFAULT_REDIS_URL))
     parser.add_argument("--broker", default=env("CELERY_BROKER_URL") or None)
     parser.add_argument(
         "--mailroot",
@@ -153,11 +150,8 @@ def encryption_key() -> str:
     There is no default: without a key, or with the public development key, the worker
     exits with a message saying what to set (SystemExit), before it binds anything.
     """
-    name = "MAILADMIN_ENCRYPTION_KEY"
-    key = env(name)
-    if not key:
-        name, key = "SECRET_KEY", env("SECRET_KEY")
-    problem = key_problem("MAILADMIN_ENCRYPTION_KEY" if not key else name, key)
+    name, key = contract.encryption_key_setting(env)
+    problem = key_problem(name, key)
     if problem:
         raise SystemExit(f"smtpworker: refusing to start: {problem}")
     return key
@@ -187,7 +181,7 @@ class MemberNode(Node):
     def mine(self, site: SiteConfig) -> list[ServerConfig]:
         return [s for s in site.servers if s.node in ("", self.member.node)]
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> contract.NodeStatus:
         status = super().status()
         status["process"] = {
             "node": self.member.node,

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from smtpworker.core.config import ServerConfig, domain_entry
+from smtpworker.core.contract import DomainKind, ListMode, ServerState
 from smtpworker.core.grammar import (
     AccessEntry,
     GrammarError,
@@ -42,7 +43,10 @@ __all__ = [
     "offered_auth_mechanisms",
 ]
 
-_MODE_LABELS = {"only_list": "only the list below", "all_except_list": "all except the list below"}
+_MODE_LABELS: dict[str, str] = {
+    ListMode.ONLY_LIST: "only the list below",
+    ListMode.ALL_EXCEPT_LIST: "all except the list below",
+}
 _BASIC = ("PLAIN", "LOGIN")
 _STARTTLS_FIRST = "Must issue a STARTTLS command first"
 _TOO_BIG = "Message size exceeds fixed maximum message size"
@@ -129,12 +133,12 @@ def _list_grants(mode: str, entries: Sequence[AccessEntry], client: Client) -> t
     Any mode but "all_except_list" is read as "only_list", so a corrupt mode fails closed.
     """
     match = _first_match(entries, client)
-    if mode == "all_except_list":
+    if mode == ListMode.ALL_EXCEPT_LIST:
         label = f"({_MODE_LABELS[mode]})"
         if match is not None:
             return False, f"{label}: {match} is denied"
         return True, f"{label}: {client.ip} matches no entry"
-    label = f"({_MODE_LABELS['only_list']})"
+    label = f"({_MODE_LABELS[ListMode.ONLY_LIST]})"
     if match is not None:
         return True, f"{label}: {match} matched"
     return False, f"{label}: {client.ip} matches no entry"
@@ -156,7 +160,7 @@ def check_connect(
     enhanced code on the greeting, so ``reply`` is not meant for the wire here.
     """
     host = _host(cfg)
-    if cfg.state != "started":
+    if cfg.state != ServerState.STARTED:
         # Listeners stay bound while paused and answer every new client this way.
         return Decision(421, "4.3.2", f"{host} Service not available", f"server is {cfg.state}")
     granted, why = _list_grants(cfg.connection.mode, cfg.connection.entries, client)
@@ -378,7 +382,7 @@ def _relay_verdict(cfg: ServerConfig, client: Client, domain: str) -> tuple[bool
     name that does not allow relay is not overruled by a wildcard that does.
     """
     entry = domain_entry(cfg.domains, domain)
-    if entry is not None and entry.kind == "local":
+    if entry is not None and entry.kind == DomainKind.LOCAL:
         return True, f"local domain {entry.name}"
     if entry is not None and entry.relay_allowed:
         return True, f"remote domain {entry.name} allows relay"

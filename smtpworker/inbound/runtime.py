@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from smtpworker.core import safefile, tlsinfo
+from smtpworker.core import contract, safefile, tlsinfo
 from smtpworker.core.config import ServerConfig, SiteConfig
 from smtpworker.core.grammar import Binding, bindings_conflict
 from smtpworker.core.mailroot import ServerLayout, server_layout
@@ -39,7 +39,7 @@ from smtpworker.inbound.w3clog import W3CLog
 
 log = logging.getLogger(__name__)
 
-RUNNING = ("started", "paused")
+RUNNING = contract.RUNNING_STATES
 
 
 @dataclass(slots=True)
@@ -281,9 +281,9 @@ class Node:
         await self.options.brake.close()
         self.options.verifier.shutdown(wait=False)
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> contract.NodeStatus:
         """What this node runs, for the API and the dashboard (JSON-ready)."""
-        servers: dict[str, Any] = {}
+        servers: dict[str, contract.ServerStatus] = {}
         for server in self.mine(self.site) if self.site else []:
             bound = [
                 str(Binding(b.host, b.port, lst.proxy))

@@ -7,7 +7,8 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+
+from smtpworker.core.contract import SessionStatus
 
 
 @dataclass(slots=True)
@@ -28,7 +29,7 @@ class SessionInfo:
     bytes: int = 0
     close: Callable[[], None] = field(default=lambda: None, repr=False)
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> SessionStatus:
         return {
             "id": self.id,
             "server": self.server,

@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import BinaryIO
 
 from smtpworker.core import safefile
+from smtpworker.core.contract import LogPeriod
 
 logger = logging.getLogger(__name__)
 
-PERIODS = ("hourly", "daily", "weekly", "monthly")
+PERIODS = tuple(p.value for p in LogPeriod)
 
 SOFTWARE = "mailadmin SMTP"
 RETRY_SECONDS = 10.0  # after an I/O error, drop lines this long before reopening
@@ -219,13 +220,13 @@ class W3CLog:
             raise ValueError("when must be timezone-aware")
         w = when.astimezone(UTC)
         ym = f"ex{w.year % 100:02d}{w.month:02d}"
-        if period == "hourly":
+        if period == LogPeriod.HOURLY:
             return f"{ym}{w.day:02d}{w.hour:02d}.log"
-        if period == "daily":
+        if period == LogPeriod.DAILY:
             return f"{ym}{w.day:02d}.log"
-        if period == "weekly":
+        if period == LogPeriod.WEEKLY:
             return f"{ym}{_week_of_month(w):02d}.log"
-        if period == "monthly":
+        if period == LogPeriod.MONTHLY:
             return f"{ym}.log"
         raise ValueError(f"Unknown log period {period!r}; expected one of {', '.join(PERIODS)}")
 

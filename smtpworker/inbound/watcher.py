@@ -1,9 +1,10 @@
 """Follow the published configuration: Redis pub/sub for speed, polling for certainty.
 
 The web side writes the snapshot body to ``mailadmin:config:body`` and publishes its
-version on ``mailadmin:config``. Pub/sub loses messages while disconnected, so the
-follower also polls the body key every ``poll_interval`` seconds: a lost message delays a
-change by at most that long and never loses it. A new body is validated in full
+version on ``mailadmin:config`` (names in :mod:`smtpworker.core.contract`). Pub/sub loses
+messages while disconnected, so the follower also polls the body key every
+``poll_interval`` seconds: a lost message delays a change by at most that long and never
+loses it. A new body is validated in full
 (:func:`smtpworker.core.config.load_site`) before the node applies it; a bad one is refused,
 reported, and the old configuration stays. The last good body is kept in a file so a node
 restarted while Redis is down comes back with the configuration it had.
@@ -23,21 +24,15 @@ import dataclasses
 import json
 import logging
 from pathlib import Path
-from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from smtpworker.core import configmac, safefile
+from smtpworker.core import configmac, contract, safefile
 from smtpworker.core.config import ConfigFormatError, SiteConfig, load_site
 from smtpworker.inbound.runtime import Node
 
 log = logging.getLogger(__name__)
-
-BODY_KEY = "mailadmin:config:body"
-CHANNEL = "mailadmin:config"
-STATUS_KEY = "mailadmin:worker:{node}"
-STATUS_TTL = 30
 
 
 class Follower:
@@ -86,7 +81,7 @@ class Follower:
         """Fetch the body and apply it if it is a newer valid version; True if in step."""
         async with self._lock:
             try:
-                body = await self.redis.get(BODY_KEY)
+                body = await self.redis.get(contract.CONFIG_BODY_KEY)
             except (RedisError, OSError) as exc:
                 log.debug("cannot read config from Redis: %s", exc)
                 return False
@@ -138,7 +133,7 @@ class Follower:
         while True:
             try:
                 pubsub = self.redis.pubsub()
-                await pubsub.subscribe(CHANNEL)
+                await pubsub.subscribe(contract.CONFIG_CHANNEL)
                 async for message in pubsub.listen():
                     if message.get("type") == "message":
                         self.trigger()
@@ -151,20 +146,21 @@ class Follower:
             await self.publish_status()
             await asyncio.sleep(self.status_interval)
 
-    def status(self) -> dict[str, Any]:
-        status = self.node.status()
-        status["config_error"] = self.config_error
+    def status(self) -> contract.NodeReport:
+        """The node's status and how its configuration stands (``smtp_status`` replies it)."""
         site = self.node.site
-        status["applied_site"] = site.site if site else ""
-        status["applied_digest"] = site.digest if site else ""
-        return status
+        return {
+            **self.node.status(),
+            "config_error": self.config_error,
+            "applied_site": site.site if site else "",
+            "applied_digest": site.digest if site else "",
+        }
 
     async def publish_status(self, *, final: bool = False) -> None:
-        status = self.status()
-        status["stopped"] = final
-        key = STATUS_KEY.format(node=self.node.name)
+        status: contract.WorkerReport = {**self.status(), "stopped": final}
+        key = contract.worker_key(self.node.name)
         try:
-            await self.redis.set(key, json.dumps(status), ex=STATUS_TTL)
+            await self.redis.set(key, json.dumps(status), ex=contract.WORKER_STATUS_TTL)
         except (RedisError, OSError) as exc:
             log.debug("cannot report status: %s", exc)
 

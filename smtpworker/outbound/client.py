@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from smtpworker.core.config import OutboundSecurity
+from smtpworker.core.contract import OutboundAuth, OutboundTls
 from smtpworker.core.credentials import b64
 from smtpworker.outbound.routing import Target
 from smtpworker.sasl.client import MECHANISMS, Mechanism
@@ -127,7 +128,7 @@ def tls_context(security: OutboundSecurity) -> ssl.SSLContext:
     hosts are often named by address and carry private certificates); ``verified`` checks
     the chain against ``security.tls_ca`` (PEM; the system's CAs when empty) and the host
     name. Raises ssl.SSLError when ``tls_ca`` holds no usable certificate."""
-    if security.tls == "verified":
+    if security.tls == OutboundTls.VERIFIED:
         return _verified_context(security.tls_ca)
     return _unverified_context()
 
@@ -255,7 +256,7 @@ class Connection:
 
     @property
     def _needs_auth(self) -> bool:
-        return self.security.auth_method != "anonymous"
+        return self.security.auth_method != OutboundAuth.ANONYMOUS
 
     def _open(self, *, try_tls: bool, clear_reason: str = "") -> None:
         self._stage, self._closing = "connecting", False
@@ -320,7 +321,7 @@ class Connection:
             smtp.wrap_tls(context, self.target.verify_name)
         except (ssl.SSLError, ssl.CertificateError, OSError) as exc:
             detail = _tls_error(exc)
-            level = "verified " if self.security.tls == "verified" else ""
+            level = "verified " if self.security.tls == OutboundTls.VERIFIED else ""
             failure = f"4.7.5 {level}TLS handshake with {self.peer} failed: {detail}"
             raise _TlsFailed(failure, detail) from exc
         except ValueError as exc:  # after SSLError: a CertificateError is a ValueError too
@@ -336,7 +337,9 @@ class Connection:
         if not self.tls and not self.security.cleartext_auth:
             raise self._cleartext_refusal(self._clear_reason or "no TLS")
         method = self.security.auth_method
-        wanted = ("PLAIN", "LOGIN") if method == "basic" else ("SCRAM-SHA-256", "CRAM-MD5")
+        wanted = (
+            ("PLAIN", "LOGIN") if method == OutboundAuth.BASIC else ("SCRAM-SHA-256", "CRAM-MD5")
+        )
         offered = smtp.esmtp_features.get("auth", "").upper().split() if smtp.does_esmtp else []
         mechanism = next((m for m in wanted if m in offered), None)
         if mechanism is None:

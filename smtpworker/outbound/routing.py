@@ -23,6 +23,7 @@ import dns.resolver
 from dns.rdtypes.ANY.MX import MX
 
 from smtpworker.core.config import OutboundSecurity, ServerConfig, domain_entry
+from smtpworker.core.contract import DomainKind
 from smtpworker.core.grammar import SmartHost, parse_dns_server, parse_smart_host
 
 __all__ = [
@@ -123,7 +124,7 @@ def route(cfg: ServerConfig, domain: str) -> Hop:
     outbound = cfg.delivery.outbound
     # The same entry the relay policy judged the recipient by.
     remote = domain_entry(cfg.domains, domain)
-    if remote is not None and remote.kind == "local":
+    if remote is not None and remote.kind == DomainKind.LOCAL:
         return Hop("local", domain, outbound.security, False, outbound.port)
     server_smart_host = cfg.delivery.smart_host
     if remote is not None and (remote.smart_host or remote.forward_all_to_smart_host):

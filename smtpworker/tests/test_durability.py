@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from smtpworker.core import contract
 from smtpworker.core.config import dump_site
 from smtpworker.core.spool import Spool
 from smtpworker.tests.factories import free_port, published, server, site
@@ -97,7 +98,7 @@ def sender(port: int, acked: list[tuple[str, bytes]], stop: threading.Event, tag
 def test_no_acknowledged_message_is_lost_to_kill_9(redis_url: str, tmp_path: Path) -> None:
     port = free_port()
     cfg = server("Test", f"127.0.0.1:{port}", messages={"max_messages_per_connection": None})
-    redis.Redis.from_url(redis_url).set("mailadmin:config:body", published(dump_site(site(cfg))))
+    redis.Redis.from_url(redis_url).set(contract.CONFIG_BODY_KEY, published(dump_site(site(cfg))))
     acked: list[tuple[str, bytes]] = []
     stop = threading.Event()
     threads = [threading.Thread(target=sender, args=(port, acked, stop, f"t{i}")) for i in range(6)]

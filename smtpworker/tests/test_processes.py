@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from smtpworker.core import contract
 from smtpworker.core.config import dump_site
 from smtpworker.tests.factories import free_port, published, server, site
 
@@ -34,7 +35,7 @@ def redis_url() -> Iterator[str]:
 
 def statuses(client: redis.Redis) -> dict[str, dict[str, object]]:
     found = {}
-    for key in client.scan_iter("mailadmin:worker:multi*"):
+    for key in client.scan_iter(contract.worker_key("multi*")):
         body = client.get(key)
         if body:
             status = json.loads(body)
@@ -46,7 +47,7 @@ def test_two_processes_share_the_port_and_stop_together(redis_url: str, tmp_path
     port = free_port()
     cfg = server("Test", f"127.0.0.1:{port}", messages={"max_messages_per_connection": None})
     client = redis.Redis.from_url(redis_url)
-    client.set("mailadmin:config:body", published(dump_site(site(cfg))))
+    client.set(contract.CONFIG_BODY_KEY, published(dump_site(site(cfg))))
     proc = subprocess.Popen(
         [
             sys.executable,

@@ -4,8 +4,8 @@ import base64
 
 import pytest
 
+from smtpworker.core.contract import PUBLIC_DEVELOPMENT_KEY
 from smtpworker.core.secretbox import (
-    PUBLIC_DEVELOPMENT_KEY,
     SecretBox,
     SecretBoxError,
     is_sealed,

@@ -34,9 +34,10 @@ from rest_framework.test import APIClient
 from mailadmin.checks import check_keys, check_sealed_secrets
 from mailadmin.models import ConfigSnapshot, VirtualServer
 from mailadmin.services.config.secrets import secret_open
-from mailadmin.tests.conftest import make_server
+from mailadmin.tests.factories import make_server
 from mailadmin.tests.stack import database_url, until
-from smtpworker.core.secretbox import PUBLIC_DEVELOPMENT_KEY, SecretBox
+from smtpworker.core.contract import PUBLIC_DEVELOPMENT_KEY
+from smtpworker.core.secretbox import SecretBox
 from smtpworker.tests.factories import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -234,7 +235,8 @@ def test_make_run_starts_every_process_with_generated_keys(tmp_path: Path) -> No
 
 OLD_INSTALL = """
 from mailadmin.models import VirtualServer
-from smtpworker.core.secretbox import SecretBox, PUBLIC_DEVELOPMENT_KEY
+from smtpworker.core.contract import PUBLIC_DEVELOPMENT_KEY
+from smtpworker.core.secretbox import SecretBox
 for name, key in (("Old", PUBLIC_DEVELOPMENT_KEY), ("Lost", "a key nobody has any more")):
     pk = VirtualServer.objects.create(name=name).pk
     VirtualServer.objects.filter(pk=pk).update(outbound_password=SecretBox(key).seal(name))

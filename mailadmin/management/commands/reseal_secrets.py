@@ -19,7 +19,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from mailadmin.services.config.secrets import reseal_secrets
-from smtpworker.core.secretbox import PUBLIC_DEVELOPMENT_KEY, key_problem
+from smtpworker.core.contract import PUBLIC_DEVELOPMENT_KEY
+from smtpworker.core.secretbox import key_problem
 
 
 class Command(BaseCommand):

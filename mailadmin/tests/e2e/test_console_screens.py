@@ -25,6 +25,7 @@ from mailadmin.models import VirtualServer
 from mailadmin.services.config import servers as server_services
 from mailadmin.services.config.versions import current_version
 from mailadmin.tests.e2e.conftest import ADMIN_PASSWORD, ARTIFACTS
+from smtpworker.core import contract
 
 SCREENS = ARTIFACTS / "screens"
 
@@ -87,8 +88,8 @@ def fake_worker(servers: list[VirtualServer]) -> None:
     )
     client = redis.Redis.from_url(settings.REDIS_URL)
     client.flushdb()
-    client.set("mailadmin:worker:mx-node-1", json.dumps(report), ex=60)
-    client.set("mailadmin:worker:mx-node-2", json.dumps(stale), ex=60)
+    client.set(contract.worker_key("mx-node-1"), json.dumps(report), ex=60)
+    client.set(contract.worker_key("mx-node-2"), json.dumps(stale), ex=60)
     client.close()
 
 
