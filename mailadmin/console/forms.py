@@ -572,8 +572,8 @@ class LocalDomainForm(forms.Form):
     is_default = forms.BooleanField(
         label="Default domain",
         required=False,
-        help_text="The default takes postmaster mail and names the Drop directory; the "
-        "previous default becomes an alias.",
+        help_text="The default takes postmaster mail; the previous default becomes an "
+        "alias. Every local domain is delivered to the server's Drop directory.",
     )
     FIELDS = ("name", "is_default")
 
