@@ -1,4 +1,9 @@
-"""The Celery application: broker settings come from Django settings (CELERY_*)."""
+"""The Celery application: broker settings come from Django settings (CELERY_*).
+
+Services send tasks through this app, so it imports nothing of the project: what the
+worker and beat do as they start, which needs the project's checks and services, is in
+:mod:`mailadmin.celery_signals`.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ import os
 from typing import Any
 
 from celery import Celery
-from celery.signals import beat_init, celeryd_after_setup, task_postrun, task_prerun, worker_init
+from celery.signals import celeryd_after_setup, task_postrun, task_prerun
 
 from smtpworker.core.handoff import delivery_queue
 
@@ -15,32 +20,6 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mailadmin.settings")
 app = Celery("mailadmin")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
-
-
-@worker_init.connect
-@beat_init.connect
-def _refuse_unsafe_start(**kwargs: Any) -> None:
-    """Celery runs no Django system checks: refuse to start without usable keys.
-
-    SystemExit, because Celery logs and ignores any Exception a signal handler raises.
-    """
-    from django.core.exceptions import ImproperlyConfigured
-
-    from mailadmin.checks import refuse_unsafe_start
-
-    try:
-        refuse_unsafe_start()
-    except ImproperlyConfigured as exc:
-        raise SystemExit(f"celery: {exc}") from None
-
-
-@beat_init.connect
-def _publish_config_at_start(**kwargs: Any) -> None:
-    """Beat starts by making Redis hold this database's configuration (then republishes it
-    on its schedule): another database's or a forged body must not wait for a change."""
-    from mailadmin.services.config.versions import config_republish_at_start
-
-    config_republish_at_start()
 
 
 @celeryd_after_setup.connect

@@ -2,7 +2,7 @@
 
 Nothing is counted in the web process. Each scrape reads:
 
-* the SMTP worker nodes' reports in Redis (``mailadmin.selectors.worker_statuses``), one
+* the SMTP worker nodes' reports in Redis (``mailadmin.selectors.nodes.worker_statuses``), one
   per node process: per node and server, connections, open sessions, messages accepted,
   rejections by reason (the dashboard's reasons, ``services.traffic.REASONS``), AUTH
   failures, listening and error; per node, the configuration version applied, how far
@@ -62,7 +62,7 @@ from prometheus_client.utils import floatToGoString
 
 from mailadmin.access import api_user, can_read
 from mailadmin.models import OPEN_STATES, Message, MessageState, TrafficCounter, VirtualServer
-from mailadmin.selectors import worker_statuses
+from mailadmin.selectors.nodes import worker_statuses
 from mailadmin.services.config.versions import current_version
 from mailadmin.services.delivery.traffic import rejection_reason
 from smtpworker.core.grammar import AccessEntry, access_entry_matches, parse_access_entry

@@ -14,16 +14,14 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from mailadmin import queues
 from mailadmin.api.parsers import PARSERS
 from mailadmin.api.schema import ApiSchema
 from mailadmin.models import Message
 from mailadmin.paging import NewestFirst
-from mailadmin.services.delivery import queue as queue_services
-from mailadmin.services.delivery import reports as report_services
-from mailadmin.tasks import enqueue_messages
+from mailadmin.selectors import queues
+from mailadmin.services.delivery import actions
 
-ACTIONS = ("retry", "suspend", "resume", "delete", "delete_ndr")
+ACTIONS = actions.MESSAGE_ACTIONS
 # A hundred years: any age filter past it is a typo (and timedelta would overflow).
 MAX_AGE_MINUTES = 100 * 366 * 24 * 60
 
@@ -123,25 +121,15 @@ class MessageFilterSerializer(serializers.Serializer):
     )
 
     def params(self) -> dict[str, str]:
-        """The validated filters as ``mailadmin.queues.messages_filtered`` takes them."""
+        """The validated filters as ``mailadmin.selectors.queues.messages_filtered`` takes them."""
         return {key: str(value) for key, value in self.validated_data.items() if value != ""}
 
 
 _Done = inline_serializer("QueueActionResult", {"changed": serializers.IntegerField()})
 
 
-def _act(name: str, queue_ids: list[str], author: str) -> int:
-    if name == "retry":
-        changed = queue_services.messages_retry(queue_ids=queue_ids)
-        enqueue_messages(Message.objects.filter(queue_id__in=queue_ids, state="queued"))
-        return changed
-    if name == "suspend":
-        return queue_services.messages_suspend(queue_ids=queue_ids)
-    if name == "resume":
-        return queue_services.messages_resume(queue_ids=queue_ids)
-    if name == "delete":
-        return queue_services.messages_delete(queue_ids=queue_ids, author=author)
-    return report_services.messages_delete_with_ndr(queue_ids=queue_ids, author=author)
+def _author(request: Request) -> str:
+    return f"api:{request.user.get_username()}"
 
 
 @extend_schema(tags=["queue"])
@@ -171,7 +159,8 @@ class MessageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
 
     def _one(self, request: Request, queue_id: str, name: str) -> Response:
         get_object_or_404(Message, queue_id=queue_id)
-        return Response({"changed": _act(name, [queue_id], f"api:{request.user.get_username()}")})
+        changed = actions.messages_act(action=name, queue_ids=[queue_id], author=_author(request))
+        return Response({"changed": changed})
 
     @extend_schema(request=None, responses=_Done)
     @action(detail=True, methods=["post"])
@@ -188,7 +177,7 @@ class MessageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     @extend_schema(request=None, responses=_Done)
     @action(detail=True, methods=["post"])
     def resume(self, request: Request, queue_id: str) -> Response:
-        """Release a suspended message."""
+        """Release a suspended message and try it now."""
         return self._one(request, queue_id, "resume")
 
     # Not named delete(): DRF would take a method of that name as the HTTP DELETE handler
@@ -213,13 +202,10 @@ class MessageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         serializer = BulkSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
-        return Response(
-            {
-                "changed": _act(
-                    data["action"], data["queue_ids"], f"api:{request.user.get_username()}"
-                )
-            }
+        changed = actions.messages_act(
+            action=data["action"], queue_ids=data["queue_ids"], author=_author(request)
         )
+        return Response({"changed": changed})
 
 
 @extend_schema(tags=["queue"])
@@ -245,10 +231,7 @@ class QueueViewSet(viewsets.ViewSet):
     @action(detail=True, methods=["post"])
     def retry(self, request: Request, pk: str | None = None) -> Response:
         """Retry every message of this queue now."""
-        hop = self._hop(pk)
-        changed = queue_services.queue_retry(next_hop=hop)
-        enqueue_messages(Message.objects.filter(recipients__next_hop=hop, state="queued"))
-        return Response({"changed": changed})
+        return Response({"changed": actions.queue_retry(next_hop=self._hop(pk))})
 
     @extend_schema(
         request=None,
@@ -258,7 +241,7 @@ class QueueViewSet(viewsets.ViewSet):
     @action(detail=True, methods=["post"])
     def suspend(self, request: Request, pk: str | None = None) -> Response:
         """Stop delivering to this next hop until resumed."""
-        queue_services.queue_set_suspended(next_hop=self._hop(pk), suspended=True)
+        actions.queue_suspend(next_hop=self._hop(pk))
         return Response({"changed": 1})
 
     @extend_schema(
@@ -268,9 +251,8 @@ class QueueViewSet(viewsets.ViewSet):
     )
     @action(detail=True, methods=["post"])
     def resume(self, request: Request, pk: str | None = None) -> Response:
-        """Deliver to this next hop again."""
-        queue_services.queue_set_suspended(next_hop=self._hop(pk), suspended=False)
-        return Response({"changed": queue_services.queue_retry(next_hop=self._hop(pk))})
+        """Deliver to this next hop again: its waiting messages are tried now."""
+        return Response({"changed": actions.queue_resume(next_hop=self._hop(pk))})
 
 
 class TrafficSerializer(serializers.Serializer):

@@ -15,7 +15,7 @@ from rest_framework import serializers
 
 from mailadmin.docschema import DomainFields, ServerFields, model_field
 from mailadmin.models import SmtpUser, VirtualServer
-from mailadmin.selectors import server_runtime, worker_statuses
+from mailadmin.selectors.nodes import server_runtime, worker_statuses
 
 
 class NameRelatedField(serializers.SlugRelatedField):

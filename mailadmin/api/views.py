@@ -50,7 +50,7 @@ from mailadmin.exceptions import ConfigError, flatten_drf_errors
 from mailadmin.lockout import LOCKED_STATUS, cooloff_seconds, lockout_message
 from mailadmin.models import ConfigSnapshot, Domain, ServerState, SmtpUser, VirtualServer
 from mailadmin.relaytest import relay_test
-from mailadmin.selectors import auth_blocks, sessions_list, worker_statuses
+from mailadmin.selectors.nodes import auth_blocks, sessions_list, worker_statuses
 from mailadmin.services.config import authblocks as authblock_services
 from mailadmin.services.config import control as control_services
 from mailadmin.services.config import domains as domain_services

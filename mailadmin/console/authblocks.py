@@ -11,7 +11,7 @@ from django.shortcuts import get_object_or_404, redirect
 from mailadmin.console.base import author, console_view, render_console
 from mailadmin.exceptions import ConfigError
 from mailadmin.models import VirtualServer
-from mailadmin.selectors import auth_blocks
+from mailadmin.selectors.nodes import auth_blocks
 from mailadmin.services.config import authblocks as services
 
 

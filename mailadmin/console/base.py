@@ -27,7 +27,7 @@ from mailadmin.access import can_read, can_write
 from mailadmin.console.forms import describe
 from mailadmin.models import Message, VirtualServer
 from mailadmin.paging import NewestFirst
-from mailadmin.selectors import server_runtime, worker_statuses
+from mailadmin.selectors.nodes import server_runtime, worker_statuses
 from mailadmin.services.config.versions import current_version
 
 View = Callable[..., HttpResponse]

@@ -11,10 +11,10 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.utils import timezone
 
-from mailadmin import queues
 from mailadmin.console.base import STATE_LABELS, console_view, render_console, server_states
 from mailadmin.models import OPEN_STATES, MessageState, VirtualServer
-from mailadmin.selectors import worker_statuses
+from mailadmin.selectors import queues
+from mailadmin.selectors.nodes import worker_statuses
 from mailadmin.services.config.versions import current_version
 
 CERTIFICATE_WARNING_DAYS = 30

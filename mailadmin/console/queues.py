@@ -1,9 +1,9 @@
 """Queues: the queues by next hop, the messages in them, a message's detail and history.
 
-Reads come from ``mailadmin.queues`` (the API's selectors); every action goes through the
-queue services, as the API's do. The message list pages by cursor in the API's order
-(newest first), so it costs the same on page 1 as on page 2,000 and never counts the whole
-queue. Deleting, silently or with an NDR, asks for confirmation first.
+Reads come from ``mailadmin.selectors.queues``; every action is one service of
+``mailadmin.services.delivery.actions``, the same the API calls. The message list pages by
+cursor in the API's order (newest first), so it costs the same on page 1 as on page 2,000
+and never counts the whole queue. Deleting, silently or with an NDR, asks for confirmation first.
 """
 
 from __future__ import annotations
@@ -18,16 +18,14 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 
-from mailadmin import queues
 from mailadmin.access import can_write
 from mailadmin.console.base import author, console_view, newest_first_page, render_console
 from mailadmin.console.forms import OPEN, MessageFilter
 from mailadmin.console.servers import back
-from mailadmin.models import OPEN_STATES, Message, MessageState, RecipientState, VirtualServer
+from mailadmin.models import OPEN_STATES, Message, MessageState, VirtualServer
 from mailadmin.paging import NewestFirst
-from mailadmin.services.delivery import queue as queue_services
-from mailadmin.services.delivery import reports as report_services
-from mailadmin.tasks import enqueue_messages
+from mailadmin.selectors import queues
+from mailadmin.services.delivery import actions
 
 MAX_BULK = 10_000  # as the API's bulk action
 CONFIRM_SHOWN = 20
@@ -98,16 +96,6 @@ def queue_list(request: HttpRequest) -> HttpResponse:
     return render_console(request, "mailadmin/queues/list.html", context, node="queues")
 
 
-def _enqueue_hop(next_hop: str) -> None:
-    enqueue_messages(
-        Message.objects.filter(
-            recipients__next_hop=next_hop,
-            recipients__state=RecipientState.PENDING,
-            state=MessageState.QUEUED,
-        )
-    )
-
-
 @console_view
 def queue_action(request: HttpRequest) -> HttpResponse:
     """Retry now, Suspend or Resume one queue (a next hop), as the API's queue actions."""
@@ -118,13 +106,11 @@ def queue_action(request: HttpRequest) -> HttpResponse:
         messages.error(request, "Choose a queue and an action.")
         return back(request, reverse("console:queues"))
     if action == "suspend":
-        queue_services.queue_set_suspended(next_hop=hop, suspended=True)
+        actions.queue_suspend(next_hop=hop)
         text = f"The queue {hop} is suspended: nothing is sent to it until it is resumed."
     else:
-        if action == "resume":
-            queue_services.queue_set_suspended(next_hop=hop, suspended=False)
-        changed = queue_services.queue_retry(next_hop=hop)
-        _enqueue_hop(hop)
+        service = actions.queue_resume if action == "resume" else actions.queue_retry
+        changed = service(next_hop=hop)
         verb = "resumed" if action == "resume" else "retried now"
         text = f"The queue {hop} is {verb} ({changed} message{'s' if changed != 1 else ''})."
     messages.success(request, text)
@@ -185,26 +171,6 @@ def message_list(request: HttpRequest) -> HttpResponse:
     )
 
 
-def _enqueue(queue_ids: list[str]) -> None:
-    enqueue_messages(Message.objects.filter(queue_id__in=queue_ids, state=MessageState.QUEUED))
-
-
-def messages_act(*, action: str, queue_ids: list[str], by: str) -> int:
-    """One operator action on some messages, through the services (as the API's ``_act``)."""
-    if action in ("retry", "resume"):
-        service = (
-            queue_services.messages_retry if action == "retry" else queue_services.messages_resume
-        )
-        changed = service(queue_ids=queue_ids)
-        _enqueue(queue_ids)  # deliver now rather than at the next sweep
-        return changed
-    if action == "suspend":
-        return queue_services.messages_suspend(queue_ids=queue_ids)
-    if action == "delete":
-        return queue_services.messages_delete(queue_ids=queue_ids, author=by)
-    return report_services.messages_delete_with_ndr(queue_ids=queue_ids, author=by)
-
-
 def _confirm(
     request: HttpRequest, action: str, queue_ids: list[str], next_url: str
 ) -> HttpResponse:
@@ -234,7 +200,7 @@ def message_action(request: HttpRequest) -> HttpResponse:
     if action in DESTRUCTIVE and request.POST.get("confirm") != "yes":
         next_url = _safe(request, request.POST.get("next", ""), listing)
         return _confirm(request, action, queue_ids, next_url)
-    changed = messages_act(action=action, queue_ids=queue_ids, by=author(request))
+    changed = actions.messages_act(action=action, queue_ids=queue_ids, author=author(request))
     skipped = len(queue_ids) - changed
     text = f"{changed} message{'s' if changed != 1 else ''} {ACTIONS[action][1]}."
     if skipped:

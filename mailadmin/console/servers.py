@@ -11,7 +11,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from mailadmin.console.base import author, console_view, render_console, server_state
 from mailadmin.exceptions import ConfigError
 from mailadmin.models import ServerState, VirtualServer
-from mailadmin.selectors import worker_statuses
+from mailadmin.selectors.nodes import worker_statuses
 from mailadmin.services.config import servers as server_services
 
 ACTIONS = {"start": ServerState.STARTED, "stop": ServerState.STOPPED, "pause": ServerState.PAUSED}

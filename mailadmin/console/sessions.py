@@ -14,7 +14,7 @@ from mailadmin.console.base import author, console_view, render_console
 from mailadmin.console.servers import wants_json
 from mailadmin.exceptions import ConfigError
 from mailadmin.models import VirtualServer
-from mailadmin.selectors import sessions_list, worker_statuses
+from mailadmin.selectors.nodes import sessions_list, worker_statuses
 from mailadmin.services.config import control
 
 

@@ -34,9 +34,10 @@ from mailadmin.models import (
     TrafficCounter,
 )
 from mailadmin.services.delivery import sweep as sweep_services
+from mailadmin.services.delivery.enqueue import relays_enqueue
 from mailadmin.services.delivery.queue import spool_for
 from mailadmin.services.delivery.runs import messages_deliver
-from mailadmin.tasks import enqueue_relays, relay_batch, relay_message
+from mailadmin.tasks import relay_batch, relay_message
 from mailadmin.tests.stack import until
 from mailadmin.tests.test_delivery import make_server, spool
 from smtpworker.core.handoff import Handoff, delivery_queue
@@ -212,7 +213,7 @@ def test_the_sweep_enqueues_due_messages_in_batches(api: APIClient, sink: Sink) 
     )
     fresh = spool("a@corp.test", "fresh@example.test")  # its hand-off is on its way
     sent: list[tuple[str, list[str], str]] = []
-    result = sweep_services.sweep(enqueue=lambda s, ids, n: sent.append((s, ids, n)))
+    result = sweep_services.messages_sweep(enqueue=lambda s, ids, n: sent.append((s, ids, n)))
     assert result == {"due": 3}
     assert sorted(sent[0][1]) == sorted(due) and sent[0][::2] == ("Relay", "n1")
     assert fresh not in sent[0][1]
@@ -227,7 +228,7 @@ def test_a_running_task_lets_its_messages_be_enqueued_again(
     sink.mode = "451"
     queue_id = spool("a@corp.test", "u@example.test")
     marked = redis.Redis.from_url(test_redis)
-    enqueue_relays("Relay", [queue_id], "n1")
+    relays_enqueue("Relay", [queue_id], "n1")
     assert marked.exists(f"mailadmin:enqueued:{queue_id}")
     relay_batch("Relay", [queue_id], "n1")  # the task's body, as a worker runs it
     assert not marked.exists(f"mailadmin:enqueued:{queue_id}")
@@ -247,7 +248,7 @@ def test_the_spool_sweep_waits_for_the_hand_off_and_cleans_up_finished_messages(
     Message.objects.filter(queue_id=finished).update(state=MessageState.DELIVERED)
     queued = spool("a@corp.test", "queued@example.test")
     sent: list[tuple[str, list[str], str]] = []
-    found = sweep_services.spool_orphans(
+    found = sweep_services.spool_sweep(
         node="n1", enqueue=lambda s, ids, n: sent.append((s, ids, n))
     )
     assert found == 1 and sent == [("Relay", [orphan], "n1")]
@@ -264,12 +265,12 @@ def test_a_node_sweeps_only_the_spools_of_its_own_servers(api: APIClient, sink: 
     mine = spooled("a@corp.test", "old@example.test", at=time.time() - 60)
     theirs = spooled("a@other.test", "old@example.test", server="Other", at=time.time() - 60)
     sent: list[tuple[str, list[str], str]] = []
-    found = sweep_services.spool_orphans(
+    found = sweep_services.spool_sweep(
         node="n1", enqueue=lambda s, ids, n: sent.append((s, ids, n))
     )
     assert found == 1 and sent == [("Relay", [mine], "n1")]
     sent.clear()
-    sweep_services.spool_orphans(node="n2", enqueue=lambda s, ids, n: sent.append((s, ids, n)))
+    sweep_services.spool_sweep(node="n2", enqueue=lambda s, ids, n: sent.append((s, ids, n)))
     assert sorted(sent) == [("Other", [theirs], "n2"), ("Relay", [mine], "n2")]
 
 

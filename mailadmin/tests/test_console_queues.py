@@ -93,7 +93,11 @@ def test_it_lists_the_queues_by_next_hop_with_their_state(client: Client, relay:
 
 
 def test_it_suspends_and_resumes_a_queue(
-    client: Client, relay: str, sink: Sink, enqueued: Callable[[], list[str]]
+    client: Client,
+    relay: str,
+    sink: Sink,
+    enqueued: Callable[[], list[str]],
+    django_capture_on_commit_callbacks: Any,
 ) -> None:
     queue_id = deferred("a@corp.test", "b@example.test")
     response = client.post("/queues/action/", {"next_hop": relay, "action": "suspend"})
@@ -104,7 +108,8 @@ def test_it_suspends_and_resumes_a_queue(
     assert 'value="resume"' in html and 'value="suspend"' not in html
     page = client.get("/queues/messages/", {"queue": relay}).content.decode()
     assert "queue-card" in page and ">Suspended<" in page
-    client.post("/queues/action/", {"next_hop": relay, "action": "resume"})
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post("/queues/action/", {"next_hop": relay, "action": "resume"})
     assert not QueueControl.objects.get(next_hop=relay).suspended
     assert state(queue_id) == MessageState.QUEUED and enqueued() == [queue_id]
 
@@ -154,7 +159,10 @@ def test_it_pages_by_cursor_newest_first_without_counting(client: Client, relay:
 
 
 def test_bulk_suspend_resume_and_retry_go_through_the_services(
-    client: Client, relay: str, enqueued: Callable[[], list[str]]
+    client: Client,
+    relay: str,
+    enqueued: Callable[[], list[str]],
+    django_capture_on_commit_callbacks: Any,
 ) -> None:
     a, b = deferred("a@corp.test", "x@example.test"), deferred("b@corp.test", "y@example.test")
     response = client.post(
@@ -164,10 +172,12 @@ def test_bulk_suspend_resume_and_retry_go_through_the_services(
     assert response.status_code == 302 and response["Location"] == "/queues/messages/?state=retry"
     assert {state(a), state(b)} == {MessageState.SUSPENDED}
     assert run(a) == "not due"
-    client.post("/queues/messages/action/", {"action": "resume", "queue_id": [a]})
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post("/queues/messages/action/", {"action": "resume", "queue_id": [a]})
     assert (state(a), state(b)) == (MessageState.QUEUED, MessageState.SUSPENDED)
     assert enqueued() == [a]
-    client.post("/queues/messages/action/", {"action": "retry", "queue_id": [a, b]})
+    with django_capture_on_commit_callbacks(execute=True):
+        client.post("/queues/messages/action/", {"action": "retry", "queue_id": [a, b]})
     assert state(b) == MessageState.SUSPENDED  # retry leaves suspended messages alone
     # a's task from the resume still waits in the broker: Retry now sends no second one.
     assert enqueued() == [a]

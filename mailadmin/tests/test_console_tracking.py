@@ -20,7 +20,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from mailadmin.models import Message, MessageState
-from mailadmin.services.delivery.queue import messages_delete
+from mailadmin.services.delivery.actions import messages_delete
 from mailadmin.tests.test_delivery import deferred_until_expired, make_server, run, spool
 from mailadmin.tracking import parse_moment
 from smtpworker.tests.sink import Sink

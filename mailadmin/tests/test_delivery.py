@@ -25,8 +25,9 @@ from mailadmin.models import (
     RecipientState,
     TrafficCounter,
 )
+from mailadmin.selectors.config import current_config
 from mailadmin.services.delivery import reports
-from mailadmin.services.delivery.queue import current_config, message_ingest, spool_for
+from mailadmin.services.delivery.queue import message_ingest, spool_for
 from mailadmin.services.delivery.runs import message_deliver
 from mailadmin.services.delivery.slots import outbound_slots
 from mailadmin.tests.conftest import make_server as make_any_server
@@ -251,13 +252,13 @@ def test_a_run_repeated_after_its_ndr_sends_the_same_ndr_once(api: APIClient, si
     failed = list(message.recipients.all())
     cfg = current_config("Relay")
     assert cfg is not None
-    again = reports.notify(message, cfg, BODY, failed, kind="failure", now=timezone.now())
+    again = reports.report_create(message, cfg, BODY, failed, kind="failure", now=timezone.now())
     assert again == ndr.queue_id
     assert Message.objects.filter(is_report=True).count() == 1
     # ... also when the first run died between spooling the NDR and recording it.
     Message.objects.filter(pk=ndr.pk).delete()
     assert spool_for("Relay").message_path(ndr.queue_id).exists()
-    again = reports.notify(message, cfg, BODY, failed, kind="failure", now=timezone.now())
+    again = reports.report_create(message, cfg, BODY, failed, kind="failure", now=timezone.now())
     assert again == ndr.queue_id
     (recorded,) = Message.objects.filter(is_report=True)
     assert recorded.queue_id == ndr.queue_id and recorded.sender == ""

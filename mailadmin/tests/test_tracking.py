@@ -16,7 +16,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from mailadmin.models import Message
-from mailadmin.services.delivery.queue import messages_delete
+from mailadmin.services.delivery.actions import messages_delete
 from mailadmin.tests.test_delivery import deferred_until_expired, make_server, run, spool
 from smtpworker.tests.sink import Sink
 

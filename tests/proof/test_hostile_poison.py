@@ -199,7 +199,7 @@ def test_a_message_the_database_refuses_goes_to_badmail_and_leaves_the_spool(
     assert any(refused in r.getMessage() and "Badmail" in r.getMessage() for r in caplog.records)
     # Out of the spool, so no sweep batches it again; on record, so tracking finds it.
     assert spool_for("Relay").ids() == []
-    assert sweep_services.spool_orphans(node="", enqueue=lambda *a: None, now=time.time() + 60) == 0
+    assert sweep_services.spool_sweep(node="", enqueue=lambda *a: None, now=time.time() + 60) == 0
     stub = Message.objects.get(queue_id=refused)
     assert stub.state == MessageState.DELETED and "Badmail" in stub.last_error
     # And the run that meets it again (a task delivered twice) changes nothing.

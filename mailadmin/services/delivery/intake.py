@@ -87,7 +87,7 @@ def _save_new(row: Model) -> None:
     row.save(force_insert=True)
 
 
-def record_messages(
+def messages_record(
     rows: Sequence[tuple[Message, list[Recipient]]],
 ) -> tuple[list[int], list[str], list[tuple[int, str]]]:
     """Insert each message with its recipients: the batch in one transaction, else one
@@ -124,7 +124,7 @@ def _insert_message(message: Message, recipients: list[Recipient]) -> None:
     Recipient.objects.bulk_create(recipients)
 
 
-def to_badmail(spool: Spool, message: Message, data: bytes, reason: str) -> bool:
+def message_give_up(spool: Spool, message: Message, data: bytes, reason: str) -> bool:
     """Give up a spooled message that cannot be recorded: Badmail/ with ``reason``, a
     deleted message on record that says so, out of the spool. False (and a log line) when
     that cannot be done either: the message then stays in the spool for a later run."""
@@ -147,7 +147,7 @@ def to_badmail(spool: Spool, message: Message, data: bytes, reason: str) -> bool
         # database that refuses even this one is not the message's fault.
         with transaction.atomic():
             stub.save(force_insert=True)
-            reports.badmail(message, data, reason)
+            reports.badmail_write(message, data, reason)
     except TRANSIENT:
         raise
     except (*REFUSED, OSError) as exc:

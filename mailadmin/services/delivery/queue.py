@@ -1,10 +1,11 @@
-"""The queue's record: taking spooled messages in, claiming them, operator actions.
+"""The queue's record: taking spooled messages in, claiming them.
 
 The spool (written by the SMTP worker) holds each message; :func:`message_ingest` records
 it once (idempotent on the queue id) with one row per recipient; a delivery run records
 the new messages of its batch itself, already claimed. A delivery run holds each message
 with a lease (:func:`messages_claim`), so two tasks never deliver the same message at
 once and a worker that dies mid-run gives the message back when its lease runs out.
+The operator's actions on messages and queues are :mod:`.actions`.
 """
 
 from __future__ import annotations
@@ -13,26 +14,15 @@ import email.parser
 import email.policy
 import logging
 import secrets
-from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, transaction
 from django.db.models import Q
-from django.utils import timezone
 
-from mailadmin.models import (
-    OPEN_STATES,
-    ConfigSnapshot,
-    Message,
-    MessageState,
-    QueueControl,
-    Recipient,
-    RecipientState,
-    VirtualServer,
-)
+from mailadmin.models import Message, MessageState, Recipient
+from mailadmin.selectors.config import current_config, current_server
 from mailadmin.services.delivery.traffic import traffic_add
-from mailadmin.snapshot import server_config
 from mailadmin.storable import exact, fit_row
 from smtpworker.core.config import ServerConfig
 from smtpworker.core.mailroot import ServerLayout, server_layout
@@ -57,35 +47,6 @@ def server_directories(server_name: str, cfg: ServerConfig | None = None) -> Ser
 
 def spool_for(server_name: str) -> Spool:
     return Spool(server_directories(server_name).queue)
-
-
-# Built configs and server ids by (server, version, digest): a delivery run needs its
-# server's config several times (routing, home directory, reports) and the version changes
-# on every configuration commit; the digest guards against a version number reused by a
-# reset database (tests).
-_CONFIGS: dict[tuple[str, int, str], tuple[ServerConfig | None, int | None]] = {}
-
-
-def current_server(server_name: str) -> tuple[ServerConfig | None, int | None]:
-    """The server's configuration as the workers run it now, and its row's id (None,
-    None: no such server). One small query while the configuration is unchanged."""
-    latest = ConfigSnapshot.objects.order_by("-id").values_list("id", "digest")[:1]
-    key = (server_name, *(latest[0] if latest else (0, "")))
-    if key not in _CONFIGS:
-        if len(_CONFIGS) > 1000:
-            _CONFIGS.clear()
-        server = (
-            VirtualServer.objects.filter(name=server_name)
-            .prefetch_related("bindings", "access_entries", "domains")
-            .order_by()[:1]
-        )
-        _CONFIGS[key] = (server_config(server[0]), server[0].pk) if server else (None, None)
-    return _CONFIGS[key]
-
-
-def current_config(server_name: str) -> ServerConfig | None:
-    """The server's configuration as the workers run it now (None: no such server)."""
-    return current_server(server_name)[0]
 
 
 def _subject(data: bytes) -> str:
@@ -224,71 +185,3 @@ def messages_claim(queue_ids: list[str], *, lease: datetime, now: datetime) -> l
             queue_id__in=queue_ids, state=MessageState.ACTIVE, lease_until=lease
         ).order_by()
     )
-
-
-def suspended_hops() -> set[str]:
-    return set(QueueControl.objects.filter(suspended=True).values_list("next_hop", flat=True))
-
-
-# --- operator actions --------------------------------------------------------------------
-
-
-def messages_retry(*, queue_ids: Iterable[str]) -> int:
-    """Make messages due now (suspended ones stay suspended)."""
-    return Message.objects.filter(
-        queue_id__in=list(queue_ids), state__in=[MessageState.QUEUED, MessageState.RETRY]
-    ).update(state=MessageState.QUEUED, next_attempt_at=None)
-
-
-def messages_suspend(*, queue_ids: Iterable[str]) -> int:
-    return Message.objects.filter(
-        queue_id__in=list(queue_ids), state__in=[MessageState.QUEUED, MessageState.RETRY]
-    ).update(state=MessageState.SUSPENDED)
-
-
-def messages_resume(*, queue_ids: Iterable[str]) -> int:
-    return Message.objects.filter(
-        queue_id__in=list(queue_ids), state=MessageState.SUSPENDED
-    ).update(state=MessageState.QUEUED, next_attempt_at=None)
-
-
-def messages_delete(*, queue_ids: Iterable[str], author: str) -> int:
-    """Delete silently: the messages leave the queue and their spool files go."""
-    count = 0
-    for message in Message.objects.filter(queue_id__in=list(queue_ids), state__in=OPEN_STATES):
-        if _finish_deleted(message, reason=f"deleted by {author}"):
-            count += 1
-    return count
-
-
-def _finish_deleted(message: Message, *, reason: str) -> bool:
-    with transaction.atomic():
-        updated = (
-            Message.objects.filter(pk=message.pk, state__in=OPEN_STATES)
-            .exclude(state=MessageState.ACTIVE, lease_until__gt=timezone.now())
-            .update(state=MessageState.DELETED, finished_at=timezone.now(), last_error=reason)
-        )
-        if not updated:
-            return False  # being delivered right now, or already finished
-        message.recipients.filter(state=RecipientState.PENDING).update(
-            state=RecipientState.DELETED, done_at=timezone.now()
-        )
-        server_name, queue_id = message.server_name, message.queue_id
-        transaction.on_commit(lambda: spool_for(server_name).remove(queue_id))
-    return True
-
-
-def queue_set_suspended(*, next_hop: str, suspended: bool) -> QueueControl:
-    control, _ = QueueControl.objects.update_or_create(
-        next_hop=next_hop, defaults={"suspended": suspended}
-    )
-    return control
-
-
-def queue_retry(*, next_hop: str) -> int:
-    ids = Message.objects.filter(
-        recipients__next_hop=next_hop,
-        recipients__state=RecipientState.PENDING,
-        state__in=[MessageState.QUEUED, MessageState.RETRY],
-    ).values_list("queue_id", flat=True)
-    return messages_retry(queue_ids=list(ids))

@@ -17,6 +17,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from mailadmin.models import Message, MessageState, Recipient, RecipientState
+from mailadmin.services.delivery.enqueue import relays_enqueue
 from mailadmin.services.delivery.queue import (
     delivery_minutes,
     message_ingest,
@@ -32,7 +33,7 @@ from smtpworker.outbound import dsn
 log = logging.getLogger(__name__)
 
 
-def conclude(
+def message_conclude(
     message: Message,
     cfg: ServerConfig,
     data: bytes,
@@ -55,7 +56,7 @@ def conclude(
     if not pending:
         return _complete(message, cfg, data, recipients, now, counts)
     if _delay_due(message, cfg, pending, now):
-        notify(message, cfg, data, pending, kind="delay", now=now)
+        report_create(message, cfg, data, pending, kind="delay", now=now)
         message.delay_notified_at = now
     if busy:
         wait = timedelta(seconds=5)  # outbound limits: try again soon, not an attempt
@@ -134,21 +135,21 @@ def _complete(
             if not _report_to_badmail(message, data, reason):
                 return "retry"
         else:
-            notify(message, cfg, data, failed, kind="failure", now=now)
-        finish(message, MessageState.BOUNCED, failed[0].last_reply)
+            report_create(message, cfg, data, failed, kind="failure", now=now)
+        message_finish(message, MessageState.BOUNCED, failed[0].last_reply)
         counts["bounced"] += 1
         return "bounced"
-    finish(message, MessageState.DELIVERED, "")
+    message_finish(message, MessageState.DELIVERED, "")
     counts["delivered"] += 1
     return "delivered"
 
 
 def _report_to_badmail(message: Message, data: bytes, reason: str) -> bool:
-    """:func:`badmail`; False if Badmail/ cannot take it (a link, a full disk): then the
+    """:func:`badmail_write`; False if Badmail/ cannot take it (a link, a full disk): then the
     report stays queued with the reason and is tried again in 15 minutes, never finished
     without its copy, and the rest of the run goes on."""
     try:
-        badmail(message, data, reason)
+        badmail_write(message, data, reason)
     except OSError as exc:
         why = f"cannot write to Badmail: {exc}"
         log.error("%s: %s: %s", message.server_name, message.queue_id, why)
@@ -162,7 +163,7 @@ def _report_to_badmail(message: Message, data: bytes, reason: str) -> bool:
     return True
 
 
-def finish(message: Message, state: str, reason: str) -> None:
+def message_finish(message: Message, state: str, reason: str) -> None:
     """Record the end and remove the spool files once that is committed."""
     with transaction.atomic():
         Message.objects.filter(pk=message.pk).update(
@@ -176,7 +177,7 @@ def finish(message: Message, state: str, reason: str) -> None:
         transaction.on_commit(lambda: spool_for(server_name).remove(queue_id))
 
 
-def notify(
+def report_create(
     message: Message,
     cfg: ServerConfig,
     data: bytes,
@@ -216,7 +217,7 @@ def notify(
     to = [message.sender]
     if kind == "failure" and cfg.messages.ndr_copy_to:
         to.append(cfg.messages.ndr_copy_to)
-    return inject(message.server_name, to, report, queue_id=report_queue_id(message, kind))
+    return report_inject(message.server_name, to, report, queue_id=report_queue_id(message, kind))
 
 
 def report_queue_id(message: Message, kind: str) -> str:
@@ -236,7 +237,7 @@ def _report_code(code: int | None, kind: str) -> int:
     return 500 if kind == "failure" else 400
 
 
-def inject(
+def report_inject(
     server_name: str, recipients: list[str], data: bytes, *, queue_id: str | None = None
 ) -> str | None:
     """Spool a report from the null sender and queue it; None if the spool refused.
@@ -271,13 +272,11 @@ def inject(
     # Spooled here, so delivered by this node's workers.
     node = settings.MAILADMIN_NODE
     message_ingest(server_name=server_name, queue_id=queue_id, node=node, is_report=True)
-    from mailadmin.tasks import enqueue_relays
-
-    transaction.on_commit(lambda: enqueue_relays(server_name, [queue_id], node))
+    transaction.on_commit(lambda: relays_enqueue(server_name, [queue_id], node))
     return queue_id
 
 
-def badmail(message: Message, data: bytes, reason: str) -> None:
+def badmail_write(message: Message, data: bytes, reason: str) -> None:
     """IIS's Badmail: the message as .BAD and why as .BDR (``<queue id>.BAD``, or with
     random bits added if that name is taken), never through a link or over another file."""
     # The server's badmail_directory if it names one, as Pickup/ does.
@@ -286,36 +285,3 @@ def badmail(message: Message, data: bytes, reason: str) -> None:
         why = (reason.replace("\n", " ") + "\n").encode()
         safefile.write_replace(dir_fd, bad[: -len(".BAD")] + ".BDR", why)
     log.warning("%s: %s moved to Badmail: %s", message.server_name, message.queue_id, reason)
-
-
-def messages_delete_with_ndr(*, queue_ids: list[str], author: str) -> int:
-    """Delete messages and tell their senders, as Exchange's "Delete (with NDR)" does."""
-    from mailadmin.models import OPEN_STATES
-    from mailadmin.services.delivery.queue import current_config
-
-    count = 0
-    now = timezone.now()
-    for message in Message.objects.filter(queue_id__in=queue_ids, state__in=OPEN_STATES):
-        claimed = (
-            Message.objects.filter(pk=message.pk, state__in=OPEN_STATES)
-            .exclude(state=MessageState.ACTIVE, lease_until__gt=now)
-            .update(state=MessageState.ACTIVE, lease_until=now + timedelta(minutes=5))
-        )
-        if not claimed:
-            continue  # being delivered right now, or finished meanwhile
-        pending = list(message.recipients.filter(state=RecipientState.PENDING))
-        for recipient in pending:
-            recipient.state, recipient.done_at = RecipientState.DELETED, now
-            recipient.last_code = 550
-            recipient.last_reply = f"5.3.0 Deleted from the queue by the administrator ({author})"
-            recipient.save(update_fields=["state", "done_at", "last_code", "last_reply"])
-        cfg = current_config(message.server_name)
-        try:
-            _envelope, data = spool_for(message.server_name).load(message.queue_id)
-        except Exception:  # noqa: BLE001 - no spool file: nothing to quote, still delete
-            data = b""
-        if cfg is not None and data and pending and not message.is_report:
-            notify(message, cfg, data, pending, kind="failure", now=now)
-        finish(message, MessageState.DELETED, f"deleted with NDR by {author}")
-        count += 1
-    return count

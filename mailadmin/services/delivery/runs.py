@@ -33,7 +33,7 @@ from mailadmin.services.delivery.queue import (
     message_record,
     messages_claim,
 )
-from mailadmin.services.delivery.sending import Job, Run, deliver
+from mailadmin.services.delivery.sending import Job, Run, jobs_send
 from mailadmin.services.delivery.traffic import traffic_add_counts
 from mailadmin.storable import Unstorable, fit
 from smtpworker.core.spool import Envelope, MessageNotFound, Spool
@@ -57,7 +57,7 @@ def messages_deliver(
     jobs = _take(run, server_name, list(dict.fromkeys(queue_ids)), results)
     try:
         if jobs:
-            deliver(run, jobs)
+            jobs_send(run, jobs)
         _conclude(run, jobs, results)
     except Exception as exc:
         # Celery logs the traceback with the task; this line carries the queue ids.
@@ -100,7 +100,7 @@ def _record_new(
 ) -> tuple[list[Job], list[str]]:
     """Record spooled messages the database does not know, claimed by this run; returns
     their jobs, and the ids another run recorded meanwhile, to claim the ordinary way.
-    One that cannot be recorded goes to Badmail (:mod:`mailadmin.services.delivery.intake`)."""
+    One that cannot be recorded goes to Badmail (:func:`intake.message_give_up`)."""
     spool = run.spool(server_name)
     loaded = _load(spool, queue_ids, results)
     if not loaded:
@@ -116,10 +116,10 @@ def _record_new(
             jobs.append(Job(message, message_recipients(message, envelope, cfg), envelope, data))
         except Unstorable as exc:
             refused.append((message, data, str(exc)))
-    done, raced, failed = intake.record_messages([(job.message, job.recipients) for job in jobs])
+    done, raced, failed = intake.messages_record([(job.message, job.recipients) for job in jobs])
     refused += [(jobs[index].message, jobs[index].data, reason) for index, reason in failed]
     for message, data, reason in refused:
-        moved = intake.to_badmail(spool, message, data, reason)
+        moved = intake.message_give_up(spool, message, data, reason)
         results[message.queue_id] = "badmail" if moved else "unrecorded"
     recorded = [jobs[index] for index in done]
     run.counts[server_name]["accepted"] += len(recorded)
@@ -156,7 +156,7 @@ def _claim(run: Run, queue_ids: list[str], results: dict[str, str]) -> list[Job]
     jobs = []
     for message in messages:
         for recipient in recipients[message.pk]:
-            recipient.message = message  # no query when conclude reads it
+            recipient.message = message  # no query when message_conclude reads it
         job = _claim_job(run, message, recipients[message.pk], results)
         if job is not None:
             jobs.append(job)
@@ -169,7 +169,9 @@ def _claim_job(
     try:
         envelope, data = run.spool(message.server_name).load(message.queue_id)
     except MessageNotFound:
-        reports.finish(message, MessageState.DELETED, "spool file missing: lost outside the queue")
+        reports.message_finish(
+            message, MessageState.DELETED, "spool file missing: lost outside the queue"
+        )
         results[message.queue_id] = "missing"
         return None
     except ValueError as exc:
@@ -243,7 +245,9 @@ def _conclude_one(run: Run, job: Job) -> str:
         )
         return "no server"
     counts = run.counts[message.server_name]
-    return reports.conclude(message, cfg, job.data, job.recipients, busy=job.busy, counts=counts)
+    return reports.message_conclude(
+        message, cfg, job.data, job.recipients, busy=job.busy, counts=counts
+    )
 
 
 def _remove(finished: list[tuple[Spool, str]]) -> None:

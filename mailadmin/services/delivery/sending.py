@@ -1,6 +1,6 @@
 """Sending a delivery run's messages and recording each outcome as it arrives.
 
-:func:`deliver` groups the pending recipients of a run's messages by next hop. Each hop's
+:func:`jobs_send` groups the pending recipients of a run's messages by next hop. Each hop's
 messages go one after another over one pooled connection, under one outbound slot. Each
 message's outcome is committed (:func:`_record`) before the next message is sent: a
 recipient that got a 2xx is never sent again, and a worker killed mid-batch repeats at
@@ -23,14 +23,11 @@ from django.db import connection
 from django.utils import timezone
 
 from mailadmin.models import Attempt, Message, Recipient, RecipientState
+from mailadmin.selectors.config import current_server
+from mailadmin.selectors.queues import suspended_hops
 from mailadmin.services.config.secrets import secret_open
 from mailadmin.services.delivery import intake
-from mailadmin.services.delivery.queue import (
-    current_server,
-    delivery_lease,
-    server_directories,
-    suspended_hops,
-)
+from mailadmin.services.delivery.queue import delivery_lease, server_directories
 from mailadmin.services.delivery.slots import NoSlot, outbound_slots
 from mailadmin.storable import fit, fit_row
 from smtpworker.core import safefile
@@ -107,7 +104,7 @@ class Run:
 # --- sending ---------------------------------------------------------------------------------
 
 
-def deliver(run: Run, jobs: list[Job]) -> None:
+def jobs_send(run: Run, jobs: list[Job]) -> None:
     """Send every pending recipient of the jobs, grouped by next hop: each hop's messages
     go one after another over one pooled connection, under one outbound slot."""
     suspended = suspended_hops()

@@ -5,36 +5,54 @@ was lost), (2) messages due for a retry, and (3) messages whose delivery run die
 lease ran out), and enqueues relay tasks for them, a batch of ids each, on the delivery
 queue of the node that spooled them. (1) reads a spool directory, which only the node
 that wrote it can do: :func:`spool_nodes` names the nodes to ask, and each runs
-:func:`spool_orphans` itself.
+:func:`spool_sweep` itself. :func:`sweep_run` is what the beat's sweep task does.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
 
 from mailadmin.models import Message, MessageState, VirtualServer
 from mailadmin.models.queue import FINAL_STATES, OPEN_STATES
+from mailadmin.selectors.nodes import worker_statuses
+from mailadmin.services.delivery.enqueue import (
+    Enqueue,
+    relays_enqueue,
+    relays_enqueue_in_batches,
+    spool_sweeps_enqueue,
+)
 from mailadmin.services.delivery.queue import spool_for
 
+log = logging.getLogger(__name__)
+
 BATCH = 2000
-# Ids per relay task: few enough that a batch to a slow next hop ends well within its lease.
-TASK_BATCH = 50
 # A new message's relay task is normally on its way (the SMTP worker's hand-off, or the
 # task that spooled a report). Only one still unrecorded or unrun after this long counts
 # as lost; until then, a second task would only be a duplicate in the broker's queue.
 HANDOFF_GRACE = timedelta(seconds=30)
 
-Enqueue = Callable[[str, list[str], str], None]  # (server name, queue ids, node)
+
+def sweep_run(*, spools: bool = False) -> dict[str, int]:
+    """Re-issue what is due or abandoned (:func:`messages_sweep`); with ``spools``, also
+    ask every node to look for unrecorded spool files (:func:`spool_sweep`, each on its
+    own delivery queue, where its disk is)."""
+    result = messages_sweep()
+    if spools:
+        nodes = spool_nodes(worker_statuses(), settings.MAILADMIN_NODE)
+        result["spool_nodes"] = spool_sweeps_enqueue(nodes)
+    return result
 
 
-def sweep(*, enqueue: Enqueue) -> dict[str, int]:
+def messages_sweep(*, enqueue: Enqueue = relays_enqueue) -> dict[str, int]:
     """Enqueue every recorded message that is due, or whose delivery run died, in
     batches per server and node."""
     now = timezone.now()
@@ -55,15 +73,8 @@ def sweep(*, enqueue: Enqueue) -> dict[str, int]:
     groups: dict[tuple[str, str], list[str]] = defaultdict(list)
     for server_name, queue_id, node in due:
         groups[(server_name, node)].append(queue_id)
-    enqueue_in_batches(groups, enqueue)
+    relays_enqueue_in_batches(groups, enqueue)
     return {"due": sum(len(ids) for ids in groups.values())}
-
-
-def enqueue_in_batches(groups: dict[tuple[str, str], list[str]], enqueue: Enqueue) -> None:
-    """Enqueue each (server, node)'s ids in tasks of at most TASK_BATCH."""
-    for (server_name, node), ids in groups.items():
-        for start in range(0, len(ids), TASK_BATCH):
-            enqueue(server_name, ids[start : start + TASK_BATCH], node)
 
 
 def spool_nodes(statuses: Iterable[dict[str, Any]], this_node: str) -> list[str]:
@@ -85,7 +96,16 @@ def spool_nodes(statuses: Iterable[dict[str, Any]], this_node: str) -> list[str]
     return sorted(nodes)
 
 
-def spool_orphans(*, node: str, enqueue: Enqueue, now: float | None = None) -> int:
+def spool_sweep_local(*, node: str) -> int:
+    """:func:`spool_sweep` of ``node``, asked of this process: 0 (and a warning) if this
+    is another node's worker, whose disk holds other spools (a misrouted task)."""
+    if node != settings.MAILADMIN_NODE:
+        log.warning("spool sweep for node %s reached node %s", node, settings.MAILADMIN_NODE)
+        return 0
+    return spool_sweep(node=node)
+
+
+def spool_sweep(*, node: str, enqueue: Enqueue = relays_enqueue, now: float | None = None) -> int:
     """Enqueue the spool files on this machine the database does not know, as spooled by
     ``node`` (their relay task records them), and delete those of finished messages. Run
     it on the node that owns the spools; returns how many orphans it enqueued.
@@ -113,7 +133,7 @@ def spool_orphans(*, node: str, enqueue: Enqueue, now: float | None = None) -> i
             if state in FINAL_STATES:
                 spool.remove(queue_id)
         orphans = [q for q in ids if q not in states and _spooled_at(q) < cutoff]
-        enqueue_in_batches({(name, node): orphans}, enqueue)
+        relays_enqueue_in_batches({(name, node): orphans}, enqueue)
         found += len(orphans)
     return found
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from datetime import datetime
 
+import redis
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from mailadmin.models import TrafficCounter
+from mailadmin.selectors.nodes import worker_statuses
 
 FIELDS = ("accepted", "delivered", "deferred", "bounced")
 
@@ -102,3 +106,21 @@ def traffic_collect(
                 if reason and delta > 0:
                     traffic_add_rejected(server_name, reason, delta)
     return remembered
+
+
+# The workers' counters as last collected, by node, process and server.
+_LAST_KEY = "mailadmin:traffic:last"
+
+
+def traffic_collect_from_nodes() -> int:
+    """:func:`traffic_collect` from what the live SMTP worker nodes report now, against
+    the counters remembered in Redis from the last time; returns how many (node, process,
+    server) counter sets it remembers. Redis errors propagate (the beat runs it again)."""
+    client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2)
+    try:
+        previous = json.loads(client.get(_LAST_KEY) or b"{}")
+        remembered = traffic_collect([s for s in worker_statuses() if not s["stale"]], previous)
+        client.set(_LAST_KEY, json.dumps(remembered))
+    finally:
+        client.close()
+    return len(remembered)

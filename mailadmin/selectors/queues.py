@@ -33,7 +33,7 @@ def queue_list() -> list[dict[str, Any]]:
         retry=Count("message", filter=Q(message__state=MessageState.RETRY), distinct=True),
         last_attempt=Max("message__attempt_log__at"),
     )
-    suspended = set(QueueControl.objects.filter(suspended=True).values_list("next_hop", flat=True))
+    suspended = suspended_hops()
     queues: dict[str, dict[str, Any]] = {}
     for row in rows:
         hop = row["next_hop"]
@@ -59,6 +59,11 @@ def queue_list() -> list[dict[str, Any]]:
             "last_error": "",
         }
     return sorted(queues.values(), key=lambda q: q["next_hop"])
+
+
+def suspended_hops() -> set[str]:
+    """The next hops an operator suspended: nothing is sent to them until resumed."""
+    return set(QueueControl.objects.filter(suspended=True).values_list("next_hop", flat=True))
 
 
 def _last_error(next_hop: str) -> str:
