@@ -13,7 +13,7 @@ from typing import Any
 from celery import Celery
 from celery.signals import celeryd_after_setup, task_postrun, task_prerun
 
-from smtpworker.core.handoff import delivery_queue
+from smtpworker.core.contract import delivery_queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mailadmin.settings")
 

@@ -65,6 +65,7 @@ from mailadmin.models import OPEN_STATES, Message, MessageState, TrafficCounter,
 from mailadmin.selectors.nodes import worker_statuses
 from mailadmin.services.config.versions import current_version
 from mailadmin.services.delivery.traffic import rejection_reason
+from smtpworker.core.contract import WorkerStatus
 from smtpworker.core.grammar import AccessEntry, access_entry_matches, parse_access_entry
 
 # Upper bounds (seconds) of the delivery latency buckets: seconds for a smart host on the
@@ -102,7 +103,7 @@ def _number(value: Any) -> float:
         return 0.0
 
 
-def worker_metrics(statuses: list[dict[str, Any]], latest: int, now: float) -> Iterator[Metric]:
+def worker_metrics(statuses: Iterable[WorkerStatus], latest: int, now: float) -> Iterator[Metric]:
     """Families from the nodes' reports (``worker_statuses()``) and the latest version."""
     labels = ["node", "server"]
     connections = CounterMetricFamily(
@@ -187,8 +188,8 @@ def worker_metrics(statuses: list[dict[str, Any]], latest: int, now: float) -> I
             connections.add_metric(key, _number(counters.get("connections")))
             accepted.add_metric(key, _number(counters.get("accepted")))
             auth_failures.add_metric(key, _number(counters.get("auth_failures")))
-            for reason, value in sorted(reasons.items()):
-                rejected.add_metric([*key, reason], value)
+            for reason, total in sorted(reasons.items()):
+                rejected.add_metric([*key, reason], total)
             sessions.add_metric(key, 0.0 if is_stale else _number(server.get("sessions")))
             listening.add_metric(key, 0.0 if is_stale else 1.0 if server.get("listening") else 0.0)
             error.add_metric(key, 1.0 if server.get("error") else 0.0)

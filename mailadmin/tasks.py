@@ -20,7 +20,7 @@ from mailadmin.services.delivery import sweep as sweep_services
 from mailadmin.services.delivery.enqueue import SWEEP_SPOOL_TASK, relays_forget
 from mailadmin.services.delivery.runs import messages_deliver
 from mailadmin.services.delivery.traffic import traffic_collect_from_nodes
-from smtpworker.core.handoff import RELAY_BATCH_TASK, RELAY_TASK
+from smtpworker.core.contract import RELAY_BATCH_TASK, RELAY_TASK
 
 
 @shared_task(name="mailadmin.config_republish", ignore_result=True)

@@ -8,14 +8,19 @@ fields; cross-row rules and writes are the services' job.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from mailadmin.docschema import DomainFields, ServerFields, model_field
 from mailadmin.models import SmtpUser, VirtualServer
-from mailadmin.selectors.nodes import server_runtime, worker_statuses
+from mailadmin.selectors.nodes import (
+    RuntimeSummary,
+    ServerRuntime,
+    server_runtime,
+    worker_statuses,
+)
 
 
 class NameRelatedField(serializers.SlugRelatedField):
@@ -40,7 +45,7 @@ class NodeRuntimeSerializer(serializers.Serializer):
 
 
 class RuntimeSerializer(serializers.Serializer):
-    status = serializers.ChoiceField(choices=["listening", "stopped", "error", "unknown"])
+    status = serializers.ChoiceField(choices=list(get_args(RuntimeSummary)))
     error = serializers.CharField()
     nodes = NodeRuntimeSerializer(many=True)
 
@@ -87,7 +92,7 @@ class ServerSerializer(ServerFields):  # type: ignore[misc]
     )
 
     @extend_schema_field(RuntimeSerializer)
-    def get_runtime(self, obj: VirtualServer) -> dict[str, Any]:
+    def get_runtime(self, obj: VirtualServer) -> ServerRuntime:
         statuses = self.context.get("worker_statuses")
         if statuses is None:
             statuses = self.context["worker_statuses"] = worker_statuses()

@@ -29,6 +29,7 @@ from mailadmin.models import Message, VirtualServer
 from mailadmin.paging import NewestFirst
 from mailadmin.selectors.nodes import server_runtime, worker_statuses
 from mailadmin.services.config.versions import current_version
+from smtpworker.core.contract import WorkerStatus
 
 View = Callable[..., HttpResponse]
 
@@ -63,7 +64,7 @@ def machine_name() -> str:
     return str(getattr(settings, "MAILADMIN_HOSTNAME", "") or socket.gethostname())
 
 
-def server_state(server: VirtualServer, statuses: list[dict[str, Any]]) -> dict[str, Any]:
+def server_state(server: VirtualServer, statuses: list[WorkerStatus]) -> dict[str, Any]:
     """The state to show: what the administrator asked for, or "error" when a node could
     not apply it (a binding taken by another program), with the nodes' own words."""
     runtime = server_runtime(server.name, statuses)
@@ -86,7 +87,7 @@ def server_state(server: VirtualServer, statuses: list[dict[str, Any]]) -> dict[
     }
 
 
-def server_states(statuses: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+def server_states(statuses: list[WorkerStatus] | None = None) -> list[dict[str, Any]]:
     statuses = worker_statuses() if statuses is None else statuses
     servers = VirtualServer.objects.order_by("name")
     return [server_state(s, statuses) for s in servers]

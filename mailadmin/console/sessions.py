@@ -16,9 +16,10 @@ from mailadmin.exceptions import ConfigError
 from mailadmin.models import VirtualServer
 from mailadmin.selectors.nodes import sessions_list, worker_statuses
 from mailadmin.services.config import control
+from smtpworker.core.contract import WorkerStatus
 
 
-def _rows(server: VirtualServer, statuses: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _rows(server: VirtualServer, statuses: list[WorkerStatus]) -> list[dict[str, Any]]:
     now = time.time()
     return [
         {**s, "connected_for": max(0, int(now - float(s.get("since", now))))}

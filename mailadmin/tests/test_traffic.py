@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from rest_framework.test import APIClient
 
@@ -11,7 +13,8 @@ from mailadmin.services.delivery.traffic import traffic_add, traffic_collect
 pytestmark = pytest.mark.django_db
 
 
-def status(pid: int, **counters: int) -> dict[str, object]:
+def status(pid: int, **counters: int) -> Any:
+    """A node's report with only what the collection reads (a partial NodeStatus)."""
     return {"node": "n1", "pid": pid, "servers": {"Relay": {"counters": counters}}}
 
 

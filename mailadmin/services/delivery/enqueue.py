@@ -3,7 +3,7 @@
 Every relay task of the delivery side goes out from here: the sweep's, the operator's
 (retry, resume; fired from ``transaction.on_commit``, so a task never runs before the
 change that made its messages due is visible), and the one that follows a spooled
-report. Tasks are sent by name (``smtpworker.core.handoff``), as the SMTP worker's
+report. Tasks are sent by name (``smtpworker.core.contract``), as the SMTP worker's
 hand-off sends them, so no service imports ``mailadmin.tasks``.
 
 A queue id that got a relay task within the last minute gets no second one (a Redis key
@@ -24,7 +24,7 @@ from django.db import transaction
 
 from mailadmin.celery import app
 from mailadmin.models import Message, MessageState
-from smtpworker.core.handoff import RELAY_BATCH_TASK, delivery_queue
+from smtpworker.core.contract import RELAY_BATCH_TASK, delivery_queue
 
 log = logging.getLogger(__name__)
 

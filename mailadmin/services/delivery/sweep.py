@@ -15,7 +15,6 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import timedelta
-from typing import Any
 
 from django.conf import settings
 from django.db.models import Q
@@ -31,6 +30,7 @@ from mailadmin.services.delivery.enqueue import (
     spool_sweeps_enqueue,
 )
 from mailadmin.services.delivery.queue import spool_for
+from smtpworker.core.contract import NodeStatus
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def messages_sweep(*, enqueue: Enqueue = relays_enqueue) -> dict[str, int]:
     return {"due": sum(len(ids) for ids in groups.values())}
 
 
-def spool_nodes(statuses: Iterable[dict[str, Any]], this_node: str) -> list[str]:
+def spool_nodes(statuses: Iterable[NodeStatus], this_node: str) -> list[str]:
     """The nodes whose spools need a look: every SMTP worker node that reports (a process
     of a multi-process node counts as its node), every node with open messages, and this
     one. Sorted, without repeats."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 
 import redis
@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from mailadmin.models import TrafficCounter
 from mailadmin.selectors.nodes import worker_statuses
+from smtpworker.core.contract import NodeStatus
 
 FIELDS = ("accepted", "delivered", "deferred", "bounced")
 
@@ -84,7 +85,7 @@ def rejection_reason(counter: str) -> str | None:
 
 
 def traffic_collect(
-    statuses: list[dict[str, object]], previous: dict[str, dict[str, int]]
+    statuses: Iterable[NodeStatus], previous: dict[str, dict[str, int]]
 ) -> dict[str, dict[str, int]]:
     """Add what each worker rejected since ``previous`` (its last counters, by node and
     server) to this minute; returns the counters to remember for next time. A worker that
