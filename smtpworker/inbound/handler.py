@@ -1,8 +1,9 @@
 """One SMTP session of a virtual server: aiosmtpd's protocol, our replies.
 
 :class:`SmtpSession` subclasses aiosmtpd's ``SMTP`` for its transport, STARTTLS and
-time-out machinery, and replaces the command loop and the commands so that every reply
-carries an enhanced status code (RFC 2034) and every decision comes from
+time-out machinery, through ``smtpworker.inbound.aiosmtpd_adapter`` (the one module that
+knows aiosmtpd's private names), and replaces the command loop and the commands so that
+every reply carries an enhanced status code (RFC 2034) and every decision comes from
 ``smtpworker.inbound.policy``. A session is bound to the :class:`ServerContext` in force when it
 connected: a configuration change reaches new connections only (Postfix's reload rule).
 """
@@ -24,12 +25,11 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, TLSSetupException
-
 from smtpworker.core.config import ServerConfig
 from smtpworker.core.jsonlog import ContextAdapter
 from smtpworker.core.spool import Envelope, Spool, SpoolError, new_queue_id
 from smtpworker.inbound import policy, proxyproto
+from smtpworker.inbound.aiosmtpd_adapter import SessionBase, TlsSetupFailed
 from smtpworker.inbound.auth import Accounts
 from smtpworker.inbound.authbrake import AuthBrake, client_key
 from smtpworker.inbound.authpool import PoolBusy, VerifyPool
@@ -80,51 +80,20 @@ class ServerContext:
         self.counters[name] = self.counters.get(name, 0) + by
 
 
-class SmtpSession(SMTP):
+class SmtpSession(SessionBase):
     """An SMTP server session whose every answer comes from the policy module."""
 
     def __init__(self, context: ServerContext, *, proxy: bool = False) -> None:
         """``proxy``: the connection came in on a PROXY protocol binding, so it must open
         with a header from a trusted proxy naming the real client."""
         cfg = context.cfg
-        # Not SMTP.__init__: it builds hook and AUTH tables by introspection (inspect.
-        # getmembers, dir) on every connection, which this class never reads since it
-        # answers every command itself; that was ~75 us per connection, about a fifth of
-        # the accept path. These are the attributes aiosmtpd 1.4.6's transport, STARTTLS,
-        # time-out and challenge code read (the version is pinned in requirements.txt).
-        asyncio.StreamReaderProtocol.__init__(
-            self,
-            asyncio.StreamReader(limit=self.line_length_limit),
-            client_connected_cb=self._cb_client_connected,
+        super().__init__(
+            hostname=context.hostname,
+            ident=IDENT,
+            tls_context=context.tls_context,
+            data_size_limit=cfg.messages.max_message_size,
+            timeout=cfg.connection_timeout,
         )
-        self.__ident__ = IDENT
-        self.loop = asyncio.get_running_loop()
-        self.event_handler = _NoHooks()
-        self.data_size_limit = cfg.messages.max_message_size
-        self.enable_SMTPUTF8 = True
-        self._decode_data = False
-        self.hostname = context.hostname
-        self.tls_context = context.tls_context
-        self.require_starttls = False
-        self._timeout_duration = cfg.connection_timeout
-        self._timeout_handle = None
-        self._tls_handshake_okay = True
-        self._tls_protocol = None
-        self._original_transport = None
-        self.session = None
-        self.envelope = None
-        self.transport = None
-        self._handler_coroutine = None
-        self._auth_require_tls = False
-        self._auth_required = False
-        self._enforce_call_limit = False
-        self._proxy_timeout = None
-        self._authenticator = None
-        self._auth_callback = None
-        self._ehlo_hook_ver = None
-        self._auth_methods = {}
-        self._handle_hooks = {}
-        self._smtp_methods = {}
         self.ctx = context
         self.proxy = proxy
         # Every line of this session carries its server, client, session id (and queue id).
@@ -145,7 +114,7 @@ class SmtpSession(SMTP):
 
     # --- connection ------------------------------------------------------------------
 
-    async def _handle_client(self) -> None:
+    async def serve(self) -> None:
         peer = self.transport.get_extra_info("peername") if self.transport else None
         ip, port = (peer[0], peer[1]) if peer else ("0.0.0.0", 0)
         cfg = self.ctx.cfg
@@ -207,16 +176,16 @@ class SmtpSession(SMTP):
             self._terminate()
             return None
         timeout = min(proxyproto.HEADER_TIMEOUT, cfg.connection_timeout)
-        self._reset_timeout(timeout + 1)  # the idle time-out's 421 must not come first
+        self.reset_timeout(timeout + 1)  # the idle time-out's 421 must not come first
         try:
-            header = await asyncio.wait_for(proxyproto.read_header(self._reader), timeout)
+            header = await asyncio.wait_for(proxyproto.read_header(self.reader), timeout)
         except (proxyproto.ProxyProtocolError, TimeoutError) as exc:
             reason = str(exc) or f"no header within {timeout:g} seconds"
             log.warning("PROXY header from %s refused: %s; connection closed", ip, reason)
             self.ctx.count("rejected_proxy_header")
             self._terminate()
             return None
-        self._reset_timeout()
+        self.reset_timeout()
         if header.source is None:
             return ip, port
         self.log = log
@@ -233,7 +202,7 @@ class SmtpSession(SMTP):
             if self.transport is not None:
                 self.transport.close()
 
-    def _timeout_cb(self) -> None:
+    def timed_out(self) -> None:
         # RFC 5321 4.2: say why before closing, as IIS does after its connection time-out.
         transport = self.transport
         if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
@@ -260,17 +229,17 @@ class SmtpSession(SMTP):
                         return
                     await self.push("500 5.5.2 Command unrecognized")
                     continue
-                self._reset_timeout()
+                self.reset_timeout()
                 if self.ctx.w3c is not None:
                     self._pending = (command.upper(), arg.strip(), time.monotonic(), len(line) + 2)
                 await method(arg.strip() or None)
             except asyncio.CancelledError:
-                self._writer.close()
+                self.close_writer()
                 raise
             except ConnectionResetError:
-                self._writer.close()
+                self.close_writer()
                 raise
-            except TLSSetupException as error:
+            except TlsSetupFailed as error:
                 self.log.info(
                     "%s: TLS handshake with %s failed: %s",
                     self.ctx.cfg.name,
@@ -285,7 +254,7 @@ class SmtpSession(SMTP):
     async def _read_command(self) -> str | None:
         """One command line, or None after answering a malformed one."""
         try:
-            raw = await self._reader.readuntil(b"\n")
+            raw = await self.reader.readuntil(b"\n")
         except asyncio.LimitOverrunError as exc:
             await self._skip_line(exc.consumed)
             await self.push("500 5.5.2 Line too long")
@@ -313,13 +282,13 @@ class SmtpSession(SMTP):
             return None
 
     async def _skip_line(self, consumed: int) -> None:
-        await self._reader.read(consumed)
+        await self.reader.read(consumed)
         while True:
             try:
-                await self._reader.readuntil(b"\n")
+                await self.reader.readuntil(b"\n")
                 return
             except asyncio.LimitOverrunError as exc:
-                await self._reader.read(exc.consumed)
+                await self.reader.read(exc.consumed)
 
     async def handle_exception(self, error: Exception) -> str:
         self.log.exception(
@@ -331,7 +300,7 @@ class SmtpSession(SMTP):
 
     @property
     def _tls(self) -> bool:
-        return self._tls_protocol is not None
+        return self.tls_active
 
     def _facts(self) -> policy.Client:
         assert self.client is not None
@@ -401,21 +370,18 @@ class SmtpSession(SMTP):
         if self._tls:
             await self.push("503 5.5.1 TLS already active")
             return
-        await super().smtp_STARTTLS("")
+        await self.start_tls()
         assert self.info is not None
         self.info.tls = True
         # RFC 3207 4.2: forget everything learnt before TLS, HELO and AUTH included.
         self.user = None
         self._reset_transaction()
 
-    async def push(self, status: Any) -> None:
-        if isinstance(status, str) and status.startswith("220 Ready to start TLS"):
-            status = "220 2.0.0 Ready to start TLS"
+    def replying(self, status: str | bytes) -> None:
         if self._pending is not None:
             text = status if isinstance(status, str) else status.decode("ascii", "replace")
             if not text.startswith("3"):  # 334/354 are not the command's final answer
                 self._log_command(text)
-        await super().push(status)
 
     def _log_command(self, reply: str) -> None:
         """One W3C line per command, written when its final (non-3xx) reply goes out."""
@@ -543,7 +509,7 @@ class SmtpSession(SMTP):
         """
         await self.push(b"334 " + base64.b64encode(challenge))
         try:
-            line = await self._reader.readuntil(b"\n")
+            line = await self.reader.readuntil(b"\n")
         except asyncio.LimitOverrunError as exc:
             await self._skip_line(exc.consumed)
             await self.push("500 5.5.6 Authentication Exchange line is too long")
@@ -700,10 +666,10 @@ class SmtpSession(SMTP):
         the limit, is cut off with the time-out's 421 instead of holding the session.
         """
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._timeout_duration
+        deadline = loop.time() + self.timeout_duration
         # Bytes that arrived with the DATA command line are already in the stream buffer.
         while not reader.done:
-            chunk = await self._reader.read(READ_CHUNK)
+            chunk = await self.reader.read(READ_CHUNK)
             if not chunk:
                 self._terminate()
                 return None
@@ -712,11 +678,11 @@ class SmtpSession(SMTP):
                 reader.received if reader.limit is None else min(reader.received, reader.limit)
             )
             left = deadline + credited / MIN_DATA_RATE - loop.time()
-            self._reset_timeout(max(0.001, min(self._timeout_duration, left)))
-        self._reset_timeout()  # storing the message must not run into DATA's deadline
+            self.reset_timeout(max(0.001, min(self.timeout_duration, left)))
+        self.reset_timeout()  # storing the message must not run into DATA's deadline
         if reader.leftover:
             # Pipelined commands that followed the terminator go back to the command loop.
-            self._reader._buffer[0:0] = reader.leftover  # type: ignore[attr-defined]
+            self.unread(reader.leftover)
         return reader
 
     async def _accept(self, reader: DataReader) -> str:
@@ -790,10 +756,6 @@ class SmtpSession(SMTP):
         rcpt = f"\r\n\tfor <{self.recipients[0]}>" if len(self.recipients) == 1 else ""
         now = format_datetime(_local_now())
         return f"Received: from {helo} ([{self.client.ip}])\r\n\t{by} with {protocol} id {queue_id}{auth}{rcpt};\r\n\t{now}\r\n"
-
-
-class _NoHooks:
-    """aiosmtpd wants a handler object; every command is handled by SmtpSession itself."""
 
 
 def _wants_reverse_dns(cfg: ServerConfig) -> bool:
