@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = "mailadmin"
@@ -106,3 +107,18 @@ def test_the_graph_sees_function_level_and_relative_imports(tmp_path: Path) -> N
 def test_mailadmin_has_no_import_cycles() -> None:
     cycle = find_cycle(import_graph(module_names()))
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_the_worker_and_beat_start_hooks_are_connected_by_importing_mailadmin() -> None:
+    # They left mailadmin/celery.py to break a cycle; `celery -A mailadmin` imports only
+    # the package, so the package must connect them.
+    from celery.signals import beat_init, worker_init
+
+    from mailadmin import celery_signals
+
+    def connected(signal: Any) -> list[Any]:
+        return [ref() for _key, ref in signal.receivers]
+
+    assert celery_signals._refuse_unsafe_start in connected(worker_init)
+    assert celery_signals._refuse_unsafe_start in connected(beat_init)
+    assert celery_signals._publish_config_at_start in connected(beat_init)
