@@ -22,7 +22,6 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.utils import format_datetime
 from typing import Any
 
 from smtpworker.core.config import ServerConfig
@@ -34,6 +33,7 @@ from smtpworker.inbound.auth import Accounts
 from smtpworker.inbound.authbrake import AuthBrake, client_key
 from smtpworker.inbound.authpool import PoolBusy, VerifyPool
 from smtpworker.inbound.data import DataReader
+from smtpworker.inbound.received import received_header, smtp_protocol
 from smtpworker.inbound.sessions import SessionInfo, SessionRegistry
 from smtpworker.inbound.w3clog import LogRecord, W3CLog
 from smtpworker.sasl.server import MECHANISMS, AuthFailed
@@ -746,25 +746,28 @@ class SmtpSession(SessionBase):
     def _received_header(self, queue_id: str) -> str:
         """RFC 5321 4.4 trace field, with the RFC 3848 protocol name and the AUTH user."""
         assert self.client is not None and self.session is not None
-        protocol = ("UTF8" if self.smtputf8 else "") + (
-            "ESMTP" if self.session.extended_smtp else "SMTP"
+        protocol = smtp_protocol(
+            extended=self.session.extended_smtp,
+            smtputf8=self.smtputf8,
+            tls=self._tls,
+            authenticated=bool(self.user),
         )
-        protocol += ("S" if self._tls else "") + ("A" if self.user else "")
-        helo = _clean(self.session.host_name or "unknown")
-        by = f"by {self.hostname} (mailadmin {self.ctx.cfg.name})"
-        auth = f"\r\n\t(authenticated as {_clean(self.user)})" if self.user else ""
-        rcpt = f"\r\n\tfor <{self.recipients[0]}>" if len(self.recipients) == 1 else ""
-        now = format_datetime(_local_now())
-        return f"Received: from {helo} ([{self.client.ip}])\r\n\t{by} with {protocol} id {queue_id}{auth}{rcpt};\r\n\t{now}\r\n"
+        return received_header(
+            queue_id=queue_id,
+            from_name=self.session.host_name or "unknown",
+            from_comment=f"[{self.client.ip}]",
+            host=self.hostname,
+            server=self.ctx.cfg.name,
+            recipients=self.recipients,
+            when=_local_now(),
+            protocol=protocol,
+            user=self.user,
+        )
 
 
 def _wants_reverse_dns(cfg: ServerConfig) -> bool:
     entries = (*cfg.connection.entries, *cfg.relay.entries)
     return cfg.delivery.reverse_dns_lookup or any(e.kind == "domain" for e in entries)
-
-
-def _clean(text: str) -> str:
-    return "".join(c if 32 < ord(c) < 127 and c not in "()\\" else "_" for c in text)[:200]
 
 
 def _local_now() -> datetime:

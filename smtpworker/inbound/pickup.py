@@ -59,13 +59,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from email.headerregistry import AddressHeader, BaseHeader
 from email.parser import BytesHeaderParser
-from email.utils import format_datetime
 from pathlib import Path
 
 from smtpworker.core import safefile
 from smtpworker.core.grammar import GrammarError, parse_forward_path, parse_reverse_path
 from smtpworker.core.spool import Envelope, MessageNotFound, Spool, SpoolError, new_queue_id
 from smtpworker.inbound.data import MAX_LINE, count_received
+from smtpworker.inbound.received import received_header
 
 __all__ = ["STALE_CLAIM_AGE", "PickupResult", "process_pickup"]
 
@@ -295,7 +295,16 @@ def _process(
         if moved is not None:
             log.warning("%s: pickup file %s -> Badmail/%s.BAD: %s", server, claim.name, moved, bad)
         return None if moved is None else "bad"
-    data = _received(claim.queue_id, server, host, parsed.recipients, now) + parsed.content
+    received = received_header(
+        queue_id=claim.queue_id,
+        from_name="pickup",
+        from_comment="mailadmin pickup directory",
+        host=host,
+        server=server,
+        recipients=parsed.recipients,
+        when=datetime.fromtimestamp(now).astimezone(),
+    )
+    data = received.encode("ascii") + parsed.content
     envelope = Envelope(
         queue_id=claim.queue_id,
         server=server,
@@ -496,24 +505,6 @@ def _without_bcc(head: list[bytes]) -> list[bytes]:
         if not dropping:
             kept.append(line)
     return kept
-
-
-def _received(
-    queue_id: str, server: str, host: str, recipients: tuple[str, ...], now: float
-) -> bytes:
-    """RFC 5321 4.4 trace field, shaped like the SMTP path's, for hop counting."""
-    stamp = format_datetime(datetime.fromtimestamp(now).astimezone())
-    rcpt = f"\r\n\tfor <{recipients[0]}>" if len(recipients) == 1 else ""
-    return (
-        f"Received: from pickup (mailadmin pickup directory)\r\n"
-        f"\tby {_clean(host)} (mailadmin {_clean(server)}) id {queue_id}{rcpt};\r\n"
-        f"\t{stamp}\r\n"
-    ).encode("ascii")
-
-
-def _clean(text: str) -> str:
-    # Inside a header comment: no line breaks, parentheses or backslashes, ASCII only.
-    return "".join(c if 32 <= ord(c) < 127 and c not in "()\\" else "_" for c in text)[:200]
 
 
 def _to_badmail(claim: _Claim, badmail: Path, bad: _Malformed, *, server: str) -> str | None:
