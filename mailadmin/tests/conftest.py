@@ -11,17 +11,11 @@ from typing import Any
 import pytest
 import redis
 from django.contrib.auth.models import Group, User
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
+from mailadmin import configdoc
 from mailadmin.celery import app as celery_app
 from mailadmin.models import (
-    AccessEntry,
-    Binding,
-    ConfigSnapshot,
-    Domain,
-    Message,
-    SmtpUser,
     VirtualServer,
 )
 from smtpworker.core.handoff import RELAY_BATCH_TASK, delivery_queue
@@ -68,12 +62,17 @@ def typical_site() -> dict[str, Any]:
     return json.loads((EXAMPLES / "typical-site.json").read_text())
 
 
-def make_server(api: APIClient, **fields: Any) -> dict[str, Any]:
-    body = {"name": "Test", "default_domain": "test.example", "bindings": ["127.0.0.2:2525"]}
-    body.update(fields)
-    response = api.post("/api/v1/servers/", body, format="json")
-    assert response.status_code == 201, response.content
-    return response.json()
+@pytest.fixture
+def site(typical_site: dict[str, Any]) -> dict[str, VirtualServer]:
+    """examples/typical-site.json imported: its servers by name."""
+    configdoc.document_import(typical_site, author="test")
+    return {s.name: s for s in VirtualServer.objects.all()}
+
+
+@pytest.fixture
+def corp(site: dict[str, VirtualServer]) -> VirtualServer:
+    """The typical site's corporate server, "CorpServer"."""
+    return site["CorpServer"]
 
 
 @pytest.fixture
@@ -129,22 +128,3 @@ def enqueued(test_redis: str) -> Iterator[Callable[[], list[str]]]:
     yield sent
     broker.delete(queue)
     broker.close()
-
-
-def db_state() -> dict[str, Any]:
-    """Every configuration and queue row, the configuration versions, the API tokens and
-    the console accounts: equal before and after a request that must change nothing."""
-    return {
-        "servers": list(VirtualServer.objects.order_by("pk").values()),
-        "bindings": list(Binding.objects.order_by("pk").values()),
-        "entries": list(AccessEntry.objects.order_by("pk").values()),
-        "domains": list(Domain.objects.order_by("pk").values()),
-        "users": list(SmtpUser.objects.order_by("pk").values()),
-        "user_servers": sorted(
-            SmtpUser.servers.through.objects.values_list("smtpuser_id", "virtualserver_id")
-        ),
-        "versions": ConfigSnapshot.objects.count(),
-        "messages": list(Message.objects.order_by("pk").values()),
-        "tokens": Token.objects.count(),
-        "accounts": list(User.objects.order_by("pk").values("pk", "username", "password")),
-    }

@@ -13,7 +13,7 @@ from mailadmin.models import (
     ConfigSnapshot,
     VirtualServer,
 )
-from mailadmin.tests.conftest import db_state, make_server
+from mailadmin.tests.factories import db_state, make_server
 
 pytestmark = pytest.mark.django_db
 

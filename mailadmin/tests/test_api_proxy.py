@@ -13,7 +13,7 @@ from mailadmin import configdoc
 from mailadmin.exceptions import ConfigError
 from mailadmin.models import Binding, ConfigSnapshot, VirtualServer
 from mailadmin.snapshot import site_config
-from mailadmin.tests.conftest import make_server
+from mailadmin.tests.factories import make_server
 from smtpworker.core import grammar
 
 pytestmark = pytest.mark.django_db

@@ -8,7 +8,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from mailadmin.models import ConfigSnapshot, VirtualServer
-from mailadmin.tests.conftest import make_server
+from mailadmin.tests.factories import make_server
 
 pytestmark = pytest.mark.django_db
 

@@ -12,7 +12,7 @@ from rest_framework.test import APIClient
 
 from mailadmin.models import ConfigSnapshot, VirtualServer
 from mailadmin.services.config.secrets import secret_open
-from mailadmin.tests.conftest import make_server
+from mailadmin.tests.factories import make_server
 
 pytestmark = pytest.mark.django_db
 

@@ -11,7 +11,7 @@ from rest_framework.test import APIClient
 
 from mailadmin.models import ConfigSnapshot, SmtpUser
 from mailadmin.services.config.secrets import secret_open
-from mailadmin.tests.conftest import make_server
+from mailadmin.tests.factories import make_server
 from smtpworker.core.credentials import ScramVerifier, cram_md5_digest, verify_password
 
 pytestmark = pytest.mark.django_db

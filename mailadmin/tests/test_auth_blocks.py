@@ -15,7 +15,7 @@ from rest_framework.test import APIClient
 
 from mailadmin import configdoc, snapshot
 from mailadmin.models import VirtualServer
-from mailadmin.tests.conftest import make_server
+from mailadmin.tests.factories import make_server
 from smtpworker.core.config import AuthBrakeConfig
 from smtpworker.inbound import authbrake
 from smtpworker.inbound.authbrake import AuthBrake

@@ -38,8 +38,8 @@ from mailadmin.services.delivery.enqueue import relays_enqueue
 from mailadmin.services.delivery.queue import spool_for
 from mailadmin.services.delivery.runs import messages_deliver
 from mailadmin.tasks import relay_batch, relay_message
+from mailadmin.tests.factories import make_relay, spool
 from mailadmin.tests.stack import until
-from mailadmin.tests.test_delivery import make_server, spool
 from smtpworker.core.handoff import Handoff, delivery_queue
 from smtpworker.core.spool import new_queue_id
 from smtpworker.tests.sink import Sink
@@ -64,7 +64,7 @@ def traffic() -> dict[str, int]:
 def test_a_batch_records_new_messages_and_sends_them_over_one_connection(
     api: APIClient, sink: Sink
 ) -> None:
-    make_server(api, delivery={"smart_host": sink.smart_host})
+    make_relay(api, delivery={"smart_host": sink.smart_host})
     ids = [spooled("a@corp.test", f"u{i}@example.test") for i in range(5)]
     assert relay_batch("Relay", ids, "n1") == {"delivered": 5}
     received = sink.wait_for(5)
@@ -79,7 +79,7 @@ def test_a_batch_records_new_messages_and_sends_them_over_one_connection(
 
 
 def test_a_batch_of_due_not_due_delivered_and_unknown_messages(api: APIClient, sink: Sink) -> None:
-    make_server(api, delivery={"smart_host": sink.smart_host})
+    make_relay(api, delivery={"smart_host": sink.smart_host})
     new = spooled("a@corp.test", "new@example.test")
     due = spool("a@corp.test", "due@example.test")  # recorded, never run
     later = spool("a@corp.test", "later@example.test")
@@ -116,7 +116,7 @@ def test_a_batch_of_due_not_due_delivered_and_unknown_messages(api: APIClient, s
 
 
 def test_a_batch_run_twice_sends_nothing_twice(api: APIClient, sink: Sink) -> None:
-    make_server(api, delivery={"smart_host": sink.smart_host})
+    make_relay(api, delivery={"smart_host": sink.smart_host})
     ids = [spooled("a@corp.test", f"u{i}@example.test") for i in range(3)]
     assert relay_batch("Relay", ids, "n1") == {"delivered": 3}
     # The broker hands the same task out again (a worker lost before its late ack).
@@ -131,7 +131,7 @@ def test_a_batch_run_twice_sends_nothing_twice(api: APIClient, sink: Sink) -> No
 def test_a_missing_spool_file_does_not_stop_the_rest_of_the_batch(
     api: APIClient, sink: Sink
 ) -> None:
-    make_server(api, delivery={"smart_host": sink.smart_host})
+    make_relay(api, delivery={"smart_host": sink.smart_host})
     first, vanished, last = (spooled("a@corp.test", f"u{i}@example.test") for i in range(3))
     recorded = spool("a@corp.test", "gone@example.test")
     for queue_id in (vanished, recorded):
@@ -154,7 +154,7 @@ def test_a_missing_spool_file_does_not_stop_the_rest_of_the_batch(
 def test_each_message_of_a_batch_concludes_on_its_own(
     api: APIClient, sink: Sink, mailroot: Path
 ) -> None:
-    make_server(api, delivery={"smart_host": sink.smart_host, "retry_minutes": [10, 20, 30, 40]})
+    make_relay(api, delivery={"smart_host": sink.smart_host, "retry_minutes": [10, 20, 30, 40]})
     sink.rcpt_replies = {
         "busy@example.test": "451 4.2.1 Mailbox busy",
         "gone@example.test": "550 5.1.1 No such user",
@@ -190,7 +190,7 @@ def test_each_message_of_a_batch_concludes_on_its_own(
 def test_an_unreachable_host_is_waited_for_once_per_batch(
     api: APIClient, sink: Sink, settings: Any
 ) -> None:
-    make_server(api, delivery={"smart_host": sink.smart_host})
+    make_relay(api, delivery={"smart_host": sink.smart_host})
     sink.mode = "stall"  # accepts the connection, never greets
     ids = [spooled("a@corp.test", f"u{i}@example.test") for i in range(4)]
     started = time.monotonic()
@@ -206,7 +206,7 @@ def test_an_unreachable_host_is_waited_for_once_per_batch(
 
 
 def test_the_sweep_enqueues_due_messages_in_batches(api: APIClient, sink: Sink) -> None:
-    make_server(api, delivery={"smart_host": sink.smart_host})
+    make_relay(api, delivery={"smart_host": sink.smart_host})
     due = [spool("a@corp.test", f"u{i}@example.test") for i in range(3)]
     Message.objects.filter(queue_id__in=due).update(
         state=MessageState.RETRY, next_attempt_at=timezone.now(), node="n1"
@@ -224,7 +224,7 @@ def test_a_running_task_lets_its_messages_be_enqueued_again(
 ) -> None:
     # A message deferred soon (its next hop full: again in 5 s) must not wait out the
     # minute-long mark that keeps the sweep from sending a second task for it.
-    make_server(api, delivery={"smart_host": sink.smart_host})
+    make_relay(api, delivery={"smart_host": sink.smart_host})
     sink.mode = "451"
     queue_id = spool("a@corp.test", "u@example.test")
     marked = redis.Redis.from_url(test_redis)
@@ -241,7 +241,7 @@ def test_a_running_task_lets_its_messages_be_enqueued_again(
 def test_the_spool_sweep_waits_for_the_hand_off_and_cleans_up_finished_messages(
     api: APIClient, sink: Sink, mailroot: Path
 ) -> None:
-    make_server(api, delivery={"smart_host": sink.smart_host})
+    make_relay(api, delivery={"smart_host": sink.smart_host})
     young = spooled("a@corp.test", "young@example.test")
     orphan = spooled("a@corp.test", "old@example.test", at=time.time() - 60)
     finished = spool("a@corp.test", "done@example.test")
@@ -258,8 +258,8 @@ def test_the_spool_sweep_waits_for_the_hand_off_and_cleans_up_finished_messages(
 
 def test_a_node_sweeps_only_the_spools_of_its_own_servers(api: APIClient, sink: Sink) -> None:
     # Two nodes on one machine share the mail root: node n2's old orphan is n2's to send.
-    make_server(api, delivery={"smart_host": sink.smart_host})
-    make_server(
+    make_relay(api, delivery={"smart_host": sink.smart_host})
+    make_relay(
         api, name="Other", node="n2", bindings=["127.0.0.3:2525"], default_domain="other.test"
     )
     mine = spooled("a@corp.test", "old@example.test", at=time.time() - 60)
@@ -331,7 +331,7 @@ def test_relay_tasks_ack_late_and_stop_inside_the_lease(task: Any) -> None:
 def test_the_apis_retry_sends_one_batch_task_for_what_it_made_due(
     api: APIClient, sink: Sink, enqueued: Callable[[], list[str]]
 ) -> None:
-    make_server(api, delivery={"smart_host": sink.smart_host})
+    make_relay(api, delivery={"smart_host": sink.smart_host})
     sink.mode = "451"
     ids = [spool("a@corp.test", f"u{i}@example.test") for i in range(3)]
     assert messages_deliver(server_name="Relay", queue_ids=ids) == dict.fromkeys(ids, "retry")

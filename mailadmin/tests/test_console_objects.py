@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 
-from mailadmin import configdoc
 from mailadmin.models import ConfigSnapshot, Domain, SmtpUser, VirtualServer
 from smtpworker.core import credentials
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def site(typical_site: dict[str, Any]) -> dict[str, VirtualServer]:
-    configdoc.document_import(typical_site, author="test")
-    return {s.name: s for s in VirtualServer.objects.all()}
 
 
 @pytest.fixture

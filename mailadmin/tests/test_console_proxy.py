@@ -3,23 +3,14 @@ saved through the service, errors beside their fields."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 
-from mailadmin import configdoc
 from mailadmin.models import ConfigSnapshot, VirtualServer
-from mailadmin.tests.test_console_sheet import error_beside, get_tab, post
+from mailadmin.tests.factories import error_beside, get_tab, post
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def corp(typical_site: dict[str, Any]) -> VirtualServer:
-    configdoc.document_import(typical_site, author="test")
-    return VirtualServer.objects.get(name="CorpServer")
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from rest_framework.test import APIClient
 from mailadmin.models import Message, MessageState, QueueControl
 from mailadmin.services.delivery.queue import spool_for
 from mailadmin.services.delivery.traffic import traffic_add, traffic_add_rejected
-from mailadmin.tests.test_delivery import make_server, run, spool
+from mailadmin.tests.factories import make_relay, run, spool
 from smtpworker.tests.sink import Sink
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("mailroot")]
@@ -36,7 +36,7 @@ def sink() -> Iterator[Sink]:
 
 @pytest.fixture
 def relay(api: APIClient, sink: Sink) -> str:
-    make_server(api, delivery={"smart_host": sink.smart_host})
+    make_relay(api, delivery={"smart_host": sink.smart_host})
     return sink.smart_host
 
 

@@ -3,19 +3,16 @@ stay beside their fields and save nothing."""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import pytest
 import trustme
-from django import forms
 from django.contrib.auth.models import User
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 
-from mailadmin import configdoc
-from mailadmin.console.forms import SheetForm
 from mailadmin.models import ConfigSnapshot, VirtualServer
+from mailadmin.tests.factories import error_beside, get_tab, post
 
 pytestmark = pytest.mark.django_db
 
@@ -23,44 +20,10 @@ TABS = ["general", "access", "messages", "delivery"]
 
 
 @pytest.fixture
-def corp(typical_site: dict[str, Any]) -> VirtualServer:
-    configdoc.document_import(typical_site, author="test")
-    return VirtualServer.objects.get(name="CorpServer")
-
-
-@pytest.fixture
 def client(admin_user: User) -> Client:
     client = Client()
     client.force_login(admin_user)
     return client
-
-
-def form_data(form: SheetForm) -> dict[str, Any]:
-    """What a browser posts for this tab as shown (unchanged)."""
-    data: dict[str, Any] = {"tab": form.tab}
-    for name, field in form.fields.items():
-        value = form[name].value()
-        if value is None or getattr(field.widget, "input_type", "") == "file":
-            continue
-        if isinstance(field.widget, forms.CheckboxInput):
-            if value:
-                data[name] = "on"
-        else:
-            data[name] = value
-    return data
-
-
-def get_tab(client: Client, server: VirtualServer, tab: str) -> dict[str, Any]:
-    response = client.get(f"/servers/{server.pk}/properties/{tab}/")
-    assert response.status_code == 200
-    forms = {t["name"]: t["form"] for t in response.context["tabs"]}
-    return form_data(forms[tab])
-
-
-def post(client: Client, server: VirtualServer, tab: str, data: dict[str, Any]) -> Any:
-    return client.post(
-        f"/servers/{server.pk}/properties/{tab}/", {**data, "action": "apply", "active_tab": tab}
-    )
 
 
 @pytest.mark.parametrize("tab", TABS)
@@ -138,12 +101,6 @@ def test_it_saves_one_changed_field_as_a_new_version(
     assert ConfigSnapshot.objects.count() == before + 1
     assert ConfigSnapshot.objects.latest().author == "console:root"
     assert check(VirtualServer.objects.get(pk=corp.pk))
-
-
-def error_beside(html: str, field: str) -> str:
-    match = re.search(rf'<p class="field-error" id="id_{field}-error">(.*?)</p>', html, re.S)
-    assert match, f"no error beside {field}"
-    return match[1]
 
 
 @pytest.mark.parametrize(

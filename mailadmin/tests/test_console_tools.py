@@ -21,12 +21,6 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def site(typical_site: dict[str, Any]) -> dict[str, VirtualServer]:
-    configdoc.document_import(typical_site, author="api:setup")
-    return {s.name: s for s in VirtualServer.objects.all()}
-
-
-@pytest.fixture
 def client(admin_user: User) -> Client:
     client = Client()
     client.force_login(admin_user)

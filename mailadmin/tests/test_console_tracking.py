@@ -21,7 +21,7 @@ from rest_framework.test import APIClient
 
 from mailadmin.models import Message, MessageState
 from mailadmin.services.delivery.actions import messages_delete
-from mailadmin.tests.test_delivery import deferred_until_expired, make_server, run, spool
+from mailadmin.tests.factories import deferred_until_expired, make_relay, run, spool
 from mailadmin.tracking import parse_moment
 from smtpworker.tests.sink import Sink
 
@@ -40,8 +40,8 @@ def client(admin_user: User) -> Client:
 @pytest.fixture
 def mail(api: APIClient) -> dict[str, str]:
     """Four messages on two servers, a day apart from the oldest to the newest."""
-    make_server(api)
-    make_server(api, name="Edge", bindings=["127.0.0.3:2525"], default_domain="edge.test")
+    make_relay(api)
+    make_relay(api, name="Edge", bindings=["127.0.0.3:2525"], default_domain="edge.test")
     found = {
         "boss": spool("a@corp.test", "boss@corp.test"),
         "invoice": spool("x@elsewhere.test", "clerk@corp.test", data=INVOICE),
@@ -195,7 +195,7 @@ def test_it_pages_by_cursor_without_counting(client: Client, mail: dict[str, str
 def test_the_history_shows_arrival_and_every_attempt(
     client: Client, api: APIClient, sink: Sink
 ) -> None:
-    make_server(api, delivery={"smart_host": sink.smart_host})
+    make_relay(api, delivery={"smart_host": sink.smart_host})
     sink.mode = "451"
     queue_id = spool("a@corp.test", "b@example.test")
     Message.objects.filter(queue_id=queue_id).update(auth_user="alice", node="mx-node-1")
@@ -224,7 +224,7 @@ def test_the_history_shows_arrival_and_every_attempt(
 def test_a_message_still_queued_links_to_its_queue_page(
     client: Client, api: APIClient, sink: Sink
 ) -> None:
-    make_server(api, delivery={"smart_host": sink.smart_host})
+    make_relay(api, delivery={"smart_host": sink.smart_host})
     sink.mode = "451"
     queue_id = spool("a@corp.test", "b@example.test")
     assert run(queue_id) == "retry"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import email
 import email.policy
-import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -27,70 +26,24 @@ from mailadmin.models import (
 )
 from mailadmin.selectors.config import current_config
 from mailadmin.services.delivery import reports
-from mailadmin.services.delivery.queue import message_ingest, spool_for
-from mailadmin.services.delivery.runs import message_deliver
+from mailadmin.services.delivery.queue import spool_for
 from mailadmin.services.delivery.slots import outbound_slots
-from mailadmin.tests.conftest import make_server as make_any_server
-from smtpworker.core.spool import Envelope, new_queue_id
+from mailadmin.tests.factories import (
+    BODY,
+    deferred_until_expired,
+    make_relay,
+    reports_to,
+    run,
+    spool,
+)
 from smtpworker.tests.dnsserver import DnsServer
 from smtpworker.tests.sink import Sink
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("mailroot")]
 
-BODY = b"From: a@corp.test\r\nTo: b@example.test\r\nSubject: Quarterly numbers\r\nMessage-ID: <m1@corp.test>\r\n\r\nHello.\r\n.dot line\r\n"
-
-
-def make_server(api: APIClient, **fields: Any) -> dict[str, Any]:
-    """conftest's make_server, as the delivery tests' relay "Relay" for corp.test."""
-    return make_any_server(api, **{"name": "Relay", "default_domain": "corp.test", **fields})
-
-
-def spool(
-    sender: str,
-    *recipients: str,
-    data: bytes = BODY,
-    server: str = "Relay",
-    at: float | None = None,
-    record: bool = True,
-) -> str:
-    """Spool a message as the SMTP worker would (received ``at``, default now) and, with
-    ``record``, record it as its hand-off would; return its queue id."""
-    received = time.time() if at is None else at
-    queue_id = new_queue_id(received)
-    envelope = Envelope(
-        queue_id=queue_id,
-        server=server,
-        sender=sender,
-        recipients=recipients,
-        received_at=received,
-        client_ip="127.0.0.9",
-        client_helo="client.test",
-        auth_user=None,
-        size=len(data),
-        smtputf8=False,
-        body_8bit=False,
-    )
-    spool_for(server).store(envelope, data)
-    if record:
-        assert message_ingest(server_name=server, queue_id=queue_id) is not None
-    return queue_id
-
-
-def run(queue_id: str) -> str:
-    Message.objects.filter(queue_id=queue_id).update(next_attempt_at=None)  # due now
-    return message_deliver(queue_id)
-
-
-def reports_to(address: str) -> list[Message]:
-    return [
-        m
-        for m in Message.objects.filter(is_report=True)
-        if m.recipients.filter(address=address).exists()
-    ]
-
 
 def test_it_relays_through_a_literal_smart_host(api: APIClient, sink: Sink) -> None:
-    make_server(api, delivery={"smart_host": sink.smart_host, "masquerade_domain": "masq.test"})
+    make_relay(api, delivery={"smart_host": sink.smart_host, "masquerade_domain": "masq.test"})
     queue_id = spool("a@corp.test", "b@example.test", "c@example.test")
     assert run(queue_id) == "delivered"
     (received,) = sink.wait_for(1)
@@ -106,7 +59,7 @@ def test_it_relays_through_a_literal_smart_host(api: APIClient, sink: Sink) -> N
 
 
 def test_local_domains_go_to_the_drop_directory(api: APIClient, mailroot: Path) -> None:
-    make_server(api)
+    make_relay(api)
     queue_id = spool("a@outside.test", "boss@corp.test")
     assert run(queue_id) == "delivered"
     dropped = (mailroot / "Relay" / "Drop" / f"{queue_id}.eml").read_bytes()
@@ -116,7 +69,7 @@ def test_local_domains_go_to_the_drop_directory(api: APIClient, mailroot: Path) 
 
 def test_a_remote_domain_with_its_own_smart_host_and_helo(api: APIClient, sink: Sink) -> None:
     with Sink() as other:
-        server = make_server(api, delivery={"smart_host": sink.smart_host})
+        server = make_relay(api, delivery={"smart_host": sink.smart_host})
         api.post(
             "/api/v1/domains/",
             {
@@ -148,7 +101,7 @@ def test_direct_delivery_by_mx_in_preference_order(api: APIClient, sink: Sink) -
         "mx2.example.test": {"A": ["127.0.0.1"]},
     }
     with DnsServer(zone) as dns_server:
-        make_server(
+        make_relay(
             api, delivery={"dns_servers": [dns_server.address], "outbound": {"port": sink.port}}
         )
         queue_id = spool("a@corp.test", "b@example.test")
@@ -160,7 +113,7 @@ def test_direct_delivery_by_mx_in_preference_order(api: APIClient, sink: Sink) -
 
 def test_a_null_mx_bounces_with_an_ndr(api: APIClient, sink: Sink) -> None:
     with DnsServer({"nullmx.test": {"MX": [(0, ".")]}}) as dns_server:
-        make_server(
+        make_relay(
             api,
             delivery={"dns_servers": [dns_server.address], "outbound": {"port": sink.port}},
             messages={"ndr_copy_to": "postmaster@corp.test"},
@@ -183,7 +136,7 @@ def test_a_null_mx_bounces_with_an_ndr(api: APIClient, sink: Sink) -> None:
 
 def test_attempt_direct_first_falls_back_to_the_smart_host(api: APIClient, sink: Sink) -> None:
     with DnsServer({}) as dns_server:  # NXDOMAIN for everything
-        make_server(
+        make_relay(
             api,
             delivery={
                 "dns_servers": [dns_server.address],
@@ -196,7 +149,7 @@ def test_attempt_direct_first_falls_back_to_the_smart_host(api: APIClient, sink:
 
 
 def test_4xx_is_retried_on_the_iis_schedule(api: APIClient, sink: Sink) -> None:
-    make_server(api, delivery={"smart_host": sink.smart_host, "retry_minutes": [10, 20, 30, 40]})
+    make_relay(api, delivery={"smart_host": sink.smart_host, "retry_minutes": [10, 20, 30, 40]})
     sink.mode = "451"
     queue_id = spool("a@corp.test", "b@example.test")
     # First, second, third, then every 40 "minutes" (0.01 s each here), counted from a
@@ -218,7 +171,7 @@ def test_4xx_is_retried_on_the_iis_schedule(api: APIClient, sink: Sink) -> None:
 
 @pytest.mark.parametrize("mode", ["refuse", "stall", "drop_mid_data", "421"])
 def test_connection_failures_are_temporary(api: APIClient, sink: Sink, mode: str) -> None:
-    make_server(api, delivery={"smart_host": sink.smart_host})
+    make_relay(api, delivery={"smart_host": sink.smart_host})
     sink.mode = mode
     queue_id = spool("a@corp.test", "b@example.test")
     assert run(queue_id) == "retry"
@@ -228,7 +181,7 @@ def test_connection_failures_are_temporary(api: APIClient, sink: Sink, mode: str
 
 
 def test_a_delivered_recipient_is_never_sent_again(api: APIClient, sink: Sink) -> None:
-    make_server(api, delivery={"smart_host": sink.smart_host})
+    make_relay(api, delivery={"smart_host": sink.smart_host})
     sink.rcpt_replies = {"later@example.test": "451 4.2.1 Mailbox busy"}
     queue_id = spool("a@corp.test", "now@example.test", "later@example.test")
     assert run(queue_id) == "retry"
@@ -242,7 +195,7 @@ def test_a_delivered_recipient_is_never_sent_again(api: APIClient, sink: Sink) -
 
 def test_a_run_repeated_after_its_ndr_sends_the_same_ndr_once(api: APIClient, sink: Sink) -> None:
     with DnsServer({"nullmx.test": {"MX": [(0, ".")]}}) as dns_server:
-        make_server(api, delivery={"dns_servers": [dns_server.address]})
+        make_relay(api, delivery={"dns_servers": [dns_server.address]})
         queue_id = spool("a@corp.test", "b@nullmx.test")
         assert run(queue_id) == "bounced"
     (ndr,) = Message.objects.filter(is_report=True)
@@ -265,7 +218,7 @@ def test_a_run_repeated_after_its_ndr_sends_the_same_ndr_once(api: APIClient, si
 
 
 def test_5xx_for_one_recipient_bounces_only_that_one(api: APIClient, sink: Sink) -> None:
-    make_server(api, delivery={"smart_host": sink.smart_host})
+    make_relay(api, delivery={"smart_host": sink.smart_host})
     sink.rcpt_replies = {"gone@example.test": "550 5.1.1 No such user"}
     queue_id = spool("a@corp.test", "gone@example.test", "here@example.test")
     assert run(queue_id) == "bounced"
@@ -275,28 +228,6 @@ def test_5xx_for_one_recipient_bounces_only_that_one(api: APIClient, sink: Sink)
     status_part = data.split(b"message/delivery-status", 1)[1].split(b"text/rfc822-headers", 1)[0]
     assert b"gone@example.test" in status_part and b"here@example.test" not in status_part
     assert b"Diagnostic-Code: smtp;550 5.1.1 No such user" in data
-
-
-def deferred_until_expired(api: APIClient, sink: Sink) -> str:
-    """A message that the sink defers until it expires (retry every "minute", a delay
-    notice after 5, expiry after 30): delay notice, then NDR. Its queue id."""
-    make_server(
-        api,
-        delivery={
-            "smart_host": sink.smart_host,
-            "retry_minutes": [1, 1, 1, 1],
-            "delay_notification_minutes": 5,
-            "expiration_minutes": 30,
-        },
-    )
-    sink.mode = "451"
-    queue_id = spool("a@corp.test", "b@example.test")
-    deadline = time.monotonic() + 10
-    while Message.objects.get(queue_id=queue_id).state != MessageState.BOUNCED:
-        assert time.monotonic() < deadline
-        run(queue_id)
-        time.sleep(0.02)
-    return queue_id
 
 
 def test_delay_notice_once_then_expiry_ndr(api: APIClient, sink: Sink) -> None:
@@ -316,7 +247,7 @@ def _subject(message: Message) -> str:
 def test_no_ndr_for_the_null_sender_and_badmail_for_a_failed_ndr(
     api: APIClient, sink: Sink, mailroot: Path
 ) -> None:
-    make_server(api, delivery={"smart_host": sink.smart_host})
+    make_relay(api, delivery={"smart_host": sink.smart_host})
     sink.mode = "550"
     bounce = spool("", "b@example.test")
     assert run(bounce) == "bounced"
@@ -335,7 +266,7 @@ def test_a_failed_ndr_goes_to_the_servers_own_badmail_directory(
 ) -> None:
     # The server's badmail_directory, as Pickup/ honours it, not <home>/Badmail.
     home, badmail = tmp_path / "homes" / "relay", tmp_path / "elsewhere" / "bad"
-    make_server(
+    make_relay(
         api,
         home_directory=str(home),
         delivery={"smart_host": sink.smart_host},
@@ -355,7 +286,7 @@ def test_a_failed_ndr_goes_to_the_servers_own_badmail_directory(
 def test_outbound_limits_hold_and_defer_without_counting_an_attempt(
     api: APIClient, sink: Sink
 ) -> None:
-    make_server(api, delivery={"smart_host": sink.smart_host, "outbound": {"per_domain_limit": 1}})
+    make_relay(api, delivery={"smart_host": sink.smart_host, "outbound": {"per_domain_limit": 1}})
     queue_id = spool("a@corp.test", "b@example.test")
     with outbound_slots([(f"domain:{sink.smart_host}", 1)], ttl=30):  # another worker holds it
         assert run(queue_id) == "retry"
@@ -366,7 +297,7 @@ def test_outbound_limits_hold_and_defer_without_counting_an_attempt(
 
 def test_outbound_auth_and_required_tls_to_the_smart_host(api: APIClient) -> None:
     with Sink(tls=True, auth=("relayuser", "relaypass")) as secure:
-        make_server(
+        make_relay(
             api,
             delivery={
                 "smart_host": secure.smart_host,
@@ -384,7 +315,7 @@ def test_outbound_auth_and_required_tls_to_the_smart_host(api: APIClient) -> Non
 def test_queue_api_lists_queues_and_acts_on_messages(
     api: APIClient, operator_api: APIClient, sink: Sink
 ) -> None:
-    make_server(api, delivery={"smart_host": sink.smart_host})
+    make_relay(api, delivery={"smart_host": sink.smart_host})
     sink.mode = "451"
     first, second, third = (spool("a@corp.test", f"u{i}@example.test") for i in range(3))
     for queue_id in (first, second, third):
@@ -430,7 +361,7 @@ def test_queue_api_lists_queues_and_acts_on_messages(
 
 
 def test_message_list_filters_and_pages(api: APIClient, sink: Sink) -> None:
-    make_server(api, delivery={"smart_host": sink.smart_host})
+    make_relay(api, delivery={"smart_host": sink.smart_host})
     ids = [spool(f"s{i}@corp.test", "b@example.test") for i in range(7)]
     page = api.get("/api/v1/messages/?limit=3").json()
     assert [m["queue_id"] for m in page["results"]] == ids[::-1][:3]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import json
-import smtplib
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -24,8 +23,8 @@ from django.db.models import Count
 from rest_framework.test import APIClient
 
 from mailadmin.models import ConfigSnapshot, Message, MessageState
+from mailadmin.tests.factories import configure, send
 from mailadmin.tests.stack import Stack, until
-from smtpworker.tests.factories import free_port
 from smtpworker.tests.sink import Sink
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -37,55 +36,6 @@ def stack(test_redis: str, tmp_path: Path, settings: Any) -> Iterator[Stack]:
     running = Stack(redis_url=test_redis, mailroot=tmp_path / "mailroot", log_dir=tmp_path)
     yield running
     running.stop()
-
-
-def configure(
-    api: APIClient,
-    sink: Sink,
-    django_capture_on_commit_callbacks: Any,
-    *,
-    name: str = "Relay",
-    node: str = "",
-    host: str = "127.0.0.2",
-    **delivery: Any,
-) -> tuple[str, int]:
-    """Create a started server of ``node`` on a free port of ``host`` that relays for
-    loopback clients to ``sink`` (quick retries); return its address."""
-    port = free_port(host)
-    with django_capture_on_commit_callbacks(execute=True):
-        response = api.post(
-            "/api/v1/servers/",
-            {
-                "name": name,
-                "node": node,
-                "default_domain": f"{name.lower()}.test" if node else "corp.test",
-                "bindings": [f"{host}:{port}"],
-                "relay": {"list": ["127.0.0.0/8"]},
-                "messages": {"max_messages_per_connection": None},
-                "delivery": {
-                    "smart_host": sink.smart_host,
-                    "retry_minutes": [20, 20, 20, 20],
-                    **delivery,
-                },
-            },
-            format="json",
-        )
-    assert response.status_code == 201, response.content
-    return host, port
-
-
-def send(address: tuple[str, int], count: int, tag: str) -> list[str]:
-    """Send ``count`` messages; return the queue ids the server acknowledged."""
-    acked = []
-    with smtplib.SMTP(*address, timeout=10) as client:
-        client.ehlo("load.test")
-        for i in range(count):
-            client.mail("app@corp.test")
-            client.rcpt(f"user{i % 3}@example.test")
-            code, reply = client.data(f"Subject: {tag}-{i}\r\n\r\nbody {i}\r\n".encode())
-            assert code == 250, reply
-            acked.append(reply.decode().rsplit(" ", 1)[-1])
-    return acked
 
 
 def all_done(acked: list[str]) -> bool:

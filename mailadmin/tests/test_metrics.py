@@ -25,7 +25,7 @@ from mailadmin.models import Message, MessageState, TrafficCounter
 from mailadmin.services.config.versions import current_version
 from mailadmin.services.delivery.traffic import traffic_add
 from mailadmin.settings import _metrics_allow
-from mailadmin.tests.conftest import make_server
+from mailadmin.tests.factories import make_server
 from mailadmin.urls import urlpatterns as site_urls
 
 # Until the lead wires it into mailadmin.urls, this module is the URLconf of its tests.

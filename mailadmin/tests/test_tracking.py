@@ -17,7 +17,7 @@ from rest_framework.test import APIClient
 
 from mailadmin.models import Message
 from mailadmin.services.delivery.actions import messages_delete
-from mailadmin.tests.test_delivery import deferred_until_expired, make_server, run, spool
+from mailadmin.tests.factories import deferred_until_expired, make_relay, run, spool
 from smtpworker.tests.sink import Sink
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("mailroot")]
@@ -36,7 +36,7 @@ def kinds(found: dict[str, Any]) -> list[str]:
 def test_a_deferred_then_delivered_message_shows_every_event(
     api: APIClient, operator_api: APIClient, sink: Sink
 ) -> None:
-    make_server(api, delivery={"smart_host": sink.smart_host})
+    make_relay(api, delivery={"smart_host": sink.smart_host})
     sink.mode = "451"
     queue_id = spool("a@corp.test", "b@example.test")
     assert run(queue_id) == "retry"
@@ -61,7 +61,7 @@ def test_a_deferred_then_delivered_message_shows_every_event(
 
 
 def test_a_message_still_in_retry_says_when_it_is_tried_next(api: APIClient, sink: Sink) -> None:
-    make_server(api, delivery={"smart_host": sink.smart_host})
+    make_relay(api, delivery={"smart_host": sink.smart_host})
     sink.mode = "451"
     queue_id = spool("a@corp.test", "b@example.test")
     assert run(queue_id) == "retry"
@@ -97,7 +97,7 @@ def test_delay_notice_and_ndr_are_linked_to_their_reports(api: APIClient, sink: 
 
 
 def test_a_deleted_message_shows_who_deleted_it(api: APIClient) -> None:
-    make_server(api)
+    make_relay(api)
     queue_id = spool("a@corp.test", "b@example.test")
     assert messages_delete(queue_ids=[queue_id], author="api:root") == 1
     (found,) = track(api, q=queue_id)
@@ -106,7 +106,7 @@ def test_a_deleted_message_shows_who_deleted_it(api: APIClient) -> None:
 
 
 def test_search_by_recipient_subject_and_time(api: APIClient) -> None:
-    make_server(api)
+    make_relay(api)
     first = spool("a@corp.test", "boss@corp.test")
     second = spool(
         "x@elsewhere.test",

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import random
 import socket
+import struct
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,7 @@ from smtpworker.core.config import (
 from smtpworker.core.configmac import body_key, sign
 from smtpworker.core.grammar import parse_access_entry, parse_binding
 from smtpworker.core.secretbox import SecretBox
+from smtpworker.inbound.proxyproto import V2_SIGNATURE
 
 BOX = SecretBox("test encryption key")
 NO_SECURITY = OutboundSecurity(
@@ -142,3 +145,39 @@ def published(body: str) -> bytes:
     from smtpworker.inbound.main import encryption_key
 
     return sign(body_key(encryption_key()), body.encode())
+
+
+# --- PROXY protocol headers, as a load balancer sends them ---------------------------------
+
+
+def v2(command: int, family: int, block: bytes, *, version: int = 2) -> bytes:
+    """A v2 header as a proxy sends it: signature, version/command, family, length, block."""
+    return (
+        V2_SIGNATURE
+        + bytes([version << 4 | command, family])
+        + struct.pack("!H", len(block))
+        + block
+    )
+
+
+def tcp4(src: str, dst: str, sport: int, dport: int) -> bytes:
+    """A v2 TCP-over-IPv4 address block."""
+    return (
+        ipaddress.IPv4Address(src).packed
+        + ipaddress.IPv4Address(dst).packed
+        + struct.pack("!HH", sport, dport)
+    )
+
+
+def tcp6(src: str, dst: str, sport: int, dport: int) -> bytes:
+    """A v2 TCP-over-IPv6 address block."""
+    return (
+        ipaddress.IPv6Address(src).packed
+        + ipaddress.IPv6Address(dst).packed
+        + struct.pack("!HH", sport, dport)
+    )
+
+
+def tlv(kind: int, value: bytes) -> bytes:
+    """A v2 type-length-value entry."""
+    return bytes([kind]) + struct.pack("!H", len(value)) + value

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -65,17 +64,6 @@ def test_the_local_brake_never_drops_a_blocked_entry() -> None:
     assert brake.blocked_until("S", "192.0.2.1", 3.0) == 901.0
     assert len(brake._records) <= 101  # memory stays bounded by the loose entries
     assert brake.blocked_until("S", "192.0.2.1", 902.0) == 0.0  # and the block does end
-
-
-@pytest.fixture
-def redis_url() -> Iterator[str]:
-    base = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0").rsplit("/", 1)[0]
-    url = f"{base}/12"
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    yield url
-    client.flushdb()
-    client.close()
 
 
 def test_the_shared_brake_counts_in_redis_lists_and_unblocks(redis_url: str) -> None:

@@ -17,9 +17,8 @@ import pytest
 from smtpworker.core.config import ServerConfig
 from smtpworker.core.grammar import Binding, parse_access_entry
 from smtpworker.core.spool import Spool
-from smtpworker.tests.factories import free_port, server, site
+from smtpworker.tests.factories import free_port, server, site, tcp4, v2
 from smtpworker.tests.harness import LiveNode
-from smtpworker.tests.test_proxyproto import tcp4, v2
 
 MESSAGE = b"From: a@sender.test\r\nTo: b@elsewhere.test\r\nSubject: hi\r\n\r\nHello.\r\n"
 PROXY_PORT = 40000  # the client port the headers claim

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import struct
 
 import pytest
@@ -20,6 +19,7 @@ from smtpworker.inbound.proxyproto import (
     read_header,
     trusted,
 )
+from smtpworker.tests.factories import tcp4, tcp6, tlv, v2
 
 # --- version 1 --------------------------------------------------------------------------
 
@@ -107,36 +107,6 @@ def test_v1_refuses_anything_else(line: bytes, needle: str) -> None:
 
 
 # --- version 2 --------------------------------------------------------------------------
-
-
-def v2(command: int, family: int, block: bytes, *, version: int = 2) -> bytes:
-    """A v2 header as a proxy sends it: signature, version/command, family, length, block."""
-    return (
-        V2_SIGNATURE
-        + bytes([version << 4 | command, family])
-        + struct.pack("!H", len(block))
-        + block
-    )
-
-
-def tcp4(src: str, dst: str, sport: int, dport: int) -> bytes:
-    return (
-        ipaddress.IPv4Address(src).packed
-        + ipaddress.IPv4Address(dst).packed
-        + struct.pack("!HH", sport, dport)
-    )
-
-
-def tcp6(src: str, dst: str, sport: int, dport: int) -> bytes:
-    return (
-        ipaddress.IPv6Address(src).packed
-        + ipaddress.IPv6Address(dst).packed
-        + struct.pack("!HH", sport, dport)
-    )
-
-
-def tlv(kind: int, value: bytes) -> bytes:
-    return bytes([kind]) + struct.pack("!H", len(value)) + value
 
 
 PROXY, LOCAL = 0x1, 0x0

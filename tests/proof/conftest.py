@@ -21,6 +21,7 @@ from django.contrib.auth.models import Group, User
 from mailadmin.tests.conftest import test_redis  # noqa: F401 (a fixture, shared here)
 from smtpworker.core.config import ServerConfig, UserConfig
 from smtpworker.core.spool import Envelope, Spool
+from smtpworker.tests.conftest import redis_url  # noqa: F401 (a fixture, shared here)
 from smtpworker.tests.factories import free_port, local, remote, server, site
 from smtpworker.tests.harness import LiveNode
 

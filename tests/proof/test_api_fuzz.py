@@ -48,8 +48,7 @@ from mailadmin.models import (
     SmtpUser,
     VirtualServer,
 )
-from mailadmin.tests.conftest import db_state
-from mailadmin.tests.test_delivery import spool
+from mailadmin.tests.factories import db_state, spool
 from mailadmin.wsgi import application
 
 # Generated multipart bodies big enough for Django to spool to temporary files: one that a

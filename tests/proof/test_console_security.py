@@ -35,8 +35,7 @@ from mailadmin.models import (
     SmtpUser,
     VirtualServer,
 )
-from mailadmin.tests.conftest import db_state
-from mailadmin.tests.test_delivery import spool
+from mailadmin.tests.factories import db_state, spool
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fast_hashing")]
 

@@ -7,7 +7,6 @@ servers listen on other 127.0.0.x addresses, as two virtual servers of one node 
 from __future__ import annotations
 
 import base64
-import os
 import socket
 import time
 from collections.abc import Iterator
@@ -46,17 +45,6 @@ def plain(password: str, name: str = "alice") -> str:
 
 def b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
-
-
-@pytest.fixture
-def redis_url() -> Iterator[str]:
-    base = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0").rsplit("/", 1)[0]
-    url = f"{base}/12"
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    yield url
-    client.flushdb()
-    client.close()
 
 
 @pytest.fixture

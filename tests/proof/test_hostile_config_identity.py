@@ -32,7 +32,7 @@ from mailadmin.services.config.versions import (
     config_transaction,
     published_body,
 )
-from mailadmin.tests.conftest import db_state
+from mailadmin.tests.factories import db_state
 from mailadmin.tests.stack import Stack, until
 from smtpworker.core import configmac
 from smtpworker.tests.factories import free_port

@@ -17,7 +17,7 @@ from rest_framework.test import APIClient
 
 from mailadmin.exceptions import ConfigError, FieldError
 from mailadmin.models import ConfigSnapshot, VirtualServer
-from mailadmin.tests.conftest import db_state, make_server
+from mailadmin.tests.factories import db_state, make_server
 
 pytestmark = pytest.mark.django_db
 

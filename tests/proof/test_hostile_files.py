@@ -23,9 +23,8 @@ from rest_framework.test import APIClient
 
 from mailadmin.models import ConfigSnapshot, Message, MessageState, Recipient, RecipientState
 from mailadmin.tests import conftest as shared
+from mailadmin.tests.factories import BODY, configure, make_relay, reports_to, run, spool
 from mailadmin.tests.stack import Stack, until
-from mailadmin.tests.test_delivery import BODY, make_server, reports_to, run, spool
-from mailadmin.tests.test_delivery_e2e import configure
 from smtpworker.core.spool import Spool
 from smtpworker.inbound.pickup import process_pickup
 from smtpworker.tests.factories import free_port, local, server, site
@@ -75,7 +74,7 @@ def swap_for_link(directory: Path, elsewhere: Path) -> None:
 def test_links_planted_in_drop_under_every_name_are_never_followed(
     api: APIClient, mailroot: Path, pth: Path
 ) -> None:
-    make_server(api)
+    make_relay(api)
     queue_id = spool("a@outside.test", "boss@corp.test", data=PAYLOAD)
     drop = mailroot / "Relay" / "Drop"
     # The queue id is in the sender's 250 reply; the worker's pid is no secret either.
@@ -94,7 +93,7 @@ def test_links_planted_in_drop_under_every_name_are_never_followed(
 def test_a_drop_directory_that_is_a_link_defers_the_message_with_the_reason(
     api: APIClient, mailroot: Path, tmp_path: Path
 ) -> None:
-    make_server(api)
+    make_relay(api)
     queue_id = spool("a@outside.test", "boss@corp.test")
     elsewhere = tmp_path / "site-packages"
     swap_for_link(mailroot / "Relay" / "Drop", elsewhere)
@@ -116,7 +115,7 @@ def test_a_drop_directory_that_is_a_link_defers_the_message_with_the_reason(
 
 def failed_ndr(api: APIClient, sink: Sink) -> str:
     """An NDR that the smart host refuses as well, so it is due to go to Badmail: its id."""
-    make_server(api, delivery={"smart_host": sink.smart_host})
+    make_relay(api, delivery={"smart_host": sink.smart_host})
     sink.mode = "550"
     assert run(spool("a@elsewhere.test", "b@example.test")) == "bounced"
     (ndr,) = reports_to("a@elsewhere.test")

@@ -24,9 +24,7 @@ from django.test import Client
 from rest_framework.test import APIClient
 
 from mailadmin.models import ConfigSnapshot, Domain, Message, RecipientState, VirtualServer
-from mailadmin.tests.conftest import make_server
-from mailadmin.tests.test_console_sheet import get_tab, post
-from mailadmin.tests.test_delivery import run, spool
+from mailadmin.tests.factories import get_tab, make_server, post, run, spool
 from mailadmin.tracking import message_events
 from smtpworker.tests.dnsserver import DnsServer
 from smtpworker.tests.mitm import Mitm

@@ -34,9 +34,8 @@ from mailadmin.services.delivery import sweep as sweep_services
 from mailadmin.services.delivery.queue import spool_for
 from mailadmin.services.delivery.runs import messages_deliver
 from mailadmin.tests import conftest as shared
+from mailadmin.tests.factories import configure, make_relay, spool
 from mailadmin.tests.stack import Stack, until
-from mailadmin.tests.test_delivery import make_server, spool
-from mailadmin.tests.test_delivery_e2e import configure
 from smtpworker.tests.sink import Sink
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -86,7 +85,7 @@ def tagged(sink: Sink, tag: str) -> int:
 def test_poisoned_subjects_are_recorded_visibly_and_hold_nothing_back(
     api: APIClient, sink: Sink
 ) -> None:
-    make_server(api, delivery={"smart_host": sink.smart_host})
+    make_relay(api, delivery={"smart_host": sink.smart_host})
     good = [spool("a@corp.test", f"g{i}@example.test", record=False) for i in range(5)]
     poisoned = {
         spool(
@@ -107,7 +106,7 @@ def test_poisoned_subjects_are_recorded_visibly_and_hold_nothing_back(
 
 @pytest.mark.usefixtures("mailroot")
 def test_a_nul_in_a_remote_reply_holds_no_other_outcome(api: APIClient, sink: Sink) -> None:
-    make_server(api, delivery={"smart_host": sink.smart_host, "retry_minutes": [10, 20, 30, 40]})
+    make_relay(api, delivery={"smart_host": sink.smart_host, "retry_minutes": [10, 20, 30, 40]})
     sink.rcpt_replies = {
         "refused@example.test": "550 5.1.1 no\x00such \x1buser",
         "later@example.test": "451 4.2.1 busy\x00",
@@ -178,7 +177,7 @@ def refuse() -> Iterator[Refuse]:
 def test_a_message_the_database_refuses_goes_to_badmail_and_leaves_the_spool(
     api: APIClient, sink: Sink, mailroot: Path, refuse: Refuse, caplog: pytest.LogCaptureFixture
 ) -> None:
-    make_server(api, delivery={"smart_host": sink.smart_host})
+    make_relay(api, delivery={"smart_host": sink.smart_host})
     refuse(Recipient, "INSERT", "NEW.address = 'refused@example.test'")
     data = body(b"Subject: refused", "refused")
     before = spool("a@corp.test", "u1@example.test", record=False)
@@ -210,7 +209,7 @@ def test_a_message_the_database_refuses_goes_to_badmail_and_leaves_the_spool(
 def test_an_outcome_the_database_refuses_is_recorded_plainly_and_holds_nothing(
     api: APIClient, sink: Sink, refuse: Refuse
 ) -> None:
-    make_server(api, delivery={"smart_host": sink.smart_host})
+    make_relay(api, delivery={"smart_host": sink.smart_host})
     refuse(Recipient, "UPDATE", "NEW.last_reply LIKE '%refuse-me%'")
     refuse(Attempt, "INSERT", "NEW.recipients LIKE '%unlogged@%'")
     sink.rcpt_replies = {"odd@example.test": "550 5.1.1 refuse-me"}

@@ -210,7 +210,7 @@ def sink(request: pytest.FixtureRequest) -> Iterator[Sink]:
 def test_mail_to_unusual_mx_names_is_bounced_with_an_ndr(api: APIClient, sink: Sink) -> None:
     from mailadmin.models import Message, MessageState, Recipient, RecipientState
     from mailadmin.services.delivery.queue import spool_for
-    from mailadmin.tests.test_delivery import make_server, run, spool
+    from mailadmin.tests.factories import make_relay, run, spool
     from smtpworker.tests.dnsserver import DnsServer
 
     zone: dict[str, dict[str, list[Any]]] = {}
@@ -219,7 +219,7 @@ def test_mail_to_unusual_mx_names_is_bounced_with_an_ndr(api: APIClient, sink: S
         zone[host.lower()] = {"A": ["127.0.0.1"]}
         sink.rcpt_replies[f"b@d{index}.test"] = "550 5.1.1 No such user"
     with DnsServer(zone) as dns_server:
-        make_server(
+        make_relay(
             api, delivery={"dns_servers": [dns_server.address], "outbound": {"port": sink.port}}
         )
         for index, host in enumerate(ODD_MX.values()):

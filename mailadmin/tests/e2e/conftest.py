@@ -20,7 +20,7 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from mailadmin.models import Message
-from mailadmin.tests.test_delivery import spool
+from mailadmin.tests.factories import spool
 from smtpworker.tests.sink import Sink
 
 CHROMIUM = "/usr/bin/chromium"

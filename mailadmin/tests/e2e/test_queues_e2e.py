@@ -22,7 +22,7 @@ from mailadmin.models import Message, MessageState
 from mailadmin.services.delivery.traffic import traffic_add, traffic_add_rejected
 from mailadmin.tests.e2e.conftest import received_ago, spool_mail
 from mailadmin.tests.e2e.test_console_screens import log_in, shot
-from mailadmin.tests.test_delivery import run
+from mailadmin.tests.factories import run
 from smtpworker.tests.factories import free_port
 from smtpworker.tests.sink import Sink
 

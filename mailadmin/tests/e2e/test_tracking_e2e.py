@@ -17,7 +17,7 @@ from rest_framework.test import APIClient
 
 from mailadmin.tests.e2e.conftest import received_ago, spool_mail
 from mailadmin.tests.e2e.test_console_screens import log_in, shot
-from mailadmin.tests.test_delivery import run
+from mailadmin.tests.factories import run
 from smtpworker.tests.sink import Sink
 
 MAIL = [  # sender, recipient, subject, minutes ago
