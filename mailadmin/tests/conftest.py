@@ -18,7 +18,7 @@ from mailadmin.celery import app as celery_app
 from mailadmin.models import (
     VirtualServer,
 )
-from smtpworker.core.handoff import RELAY_BATCH_TASK, delivery_queue
+from smtpworker.core.contract import RELAY_BATCH_TASK, delivery_queue
 from smtpworker.tests.sink import Sink
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

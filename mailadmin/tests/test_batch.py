@@ -40,7 +40,8 @@ from mailadmin.services.delivery.runs import messages_deliver
 from mailadmin.tasks import relay_batch, relay_message
 from mailadmin.tests.factories import make_relay, spool
 from mailadmin.tests.stack import until
-from smtpworker.core.handoff import Handoff, delivery_queue
+from smtpworker.core.contract import delivery_queue
+from smtpworker.core.handoff import Handoff
 from smtpworker.core.spool import new_queue_id
 from smtpworker.tests.sink import Sink
 

@@ -27,6 +27,7 @@ from mailadmin.services.delivery.traffic import traffic_add
 from mailadmin.settings import _metrics_allow
 from mailadmin.tests.factories import make_server
 from mailadmin.urls import urlpatterns as site_urls
+from smtpworker.core import contract
 
 # Until the lead wires it into mailadmin.urls, this module is the URLconf of its tests.
 urlpatterns = [path("metrics", metrics_view), *site_urls]
@@ -49,7 +50,7 @@ def workers(settings: Any) -> Iterator[redis.Redis]:
 
 
 def report(client: redis.Redis, node: str, **status: Any) -> None:
-    client.set(f"mailadmin:worker:{node}", json.dumps({"node": node, "pid": 1, **status}), ex=30)
+    client.set(contract.worker_key(node), json.dumps({"node": node, "pid": 1, **status}), ex=30)
 
 
 def scrape(client: Client, **headers: Any) -> tuple[dict[str, Any], Samples]:

@@ -23,7 +23,7 @@ from rest_framework.test import APIClient
 from mailadmin.models import ConfigSnapshot, Message, MessageState, VirtualServer
 from mailadmin.tests.factories import configure, send
 from mailadmin.tests.stack import Stack, until
-from smtpworker.core.handoff import delivery_queue
+from smtpworker.core.contract import delivery_queue
 from smtpworker.tests.factories import free_port
 from smtpworker.tests.sink import Sink
 

@@ -12,13 +12,12 @@ from rest_framework.test import APIClient
 
 from mailadmin.models import ConfigSnapshot
 from mailadmin.services.config.versions import (
-    REDIS_BODY_KEY,
-    REDIS_CHANNEL,
     config_republish,
     published_body,
 )
 from smtpworker.core import configmac
 from smtpworker.core.config import SCHEMA, ConfigFormatError, dump_site, load_site, to_data
+from smtpworker.core.contract import CONFIG_BODY_KEY, CONFIG_CHANNEL
 from smtpworker.core.grammar import Binding
 
 pytestmark = pytest.mark.django_db
@@ -38,7 +37,7 @@ def redis_client() -> Any:
 def held_body(redis_client: Any) -> dict[str, Any]:
     """The body Redis holds, its signature checked as a worker checks it."""
     key = configmac.body_key(settings.MAILADMIN_ENCRYPTION_KEY)
-    return dict(json.loads(configmac.verify(key, redis_client.get(REDIS_BODY_KEY))))
+    return dict(json.loads(configmac.verify(key, redis_client.get(CONFIG_BODY_KEY))))
 
 
 def test_the_snapshot_is_plain_and_loads_in_the_worker(
@@ -90,7 +89,7 @@ def test_a_commit_pushes_the_version_to_redis(
     api: APIClient, redis_client: Any, django_capture_on_commit_callbacks: Any
 ) -> None:
     pubsub = redis_client.pubsub()
-    pubsub.subscribe(REDIS_CHANNEL)
+    pubsub.subscribe(CONFIG_CHANNEL)
     pubsub.get_message(timeout=1)  # subscription confirmation
     with django_capture_on_commit_callbacks(execute=True):
         api.post("/api/v1/servers/", {"name": "Pushed", "default_domain": "p.test"}, format="json")
@@ -108,7 +107,7 @@ def test_a_flushed_redis_is_refilled_by_the_republish_task(
 ) -> None:
     with django_capture_on_commit_callbacks(execute=True):
         api.post("/api/v1/servers/", {"name": "Kept", "default_domain": "k.test"}, format="json")
-    redis_client.delete(REDIS_BODY_KEY)
+    redis_client.delete(CONFIG_BODY_KEY)
     version = config_republish()
     assert version == ConfigSnapshot.objects.latest().pk
     assert held_body(redis_client)["version"] == version

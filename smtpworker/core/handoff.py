@@ -5,8 +5,8 @@ The SMTP worker does not import the Django project; it only names the task
 travel together, one task per virtual server (``relay_batch(server, [queue ids], node)``):
 a Celery task costs the delivery side about as much as relaying a message, so one per
 message would halve the rate. Each task goes to the node's own delivery queue
-(:func:`delivery_queue`), which only Celery workers of the same node consume: the spool
-is on this node's disk, so only they can read it.
+(:func:`smtpworker.core.contract.delivery_queue`), which only Celery workers of the same
+node consume: the spool is on this node's disk, so only they can read it.
 
 A hand-off that fails (broker down), or ids still waiting when the process is killed, are
 logged or lost and nothing else: every message is already durable in the spool, and the
@@ -21,22 +21,16 @@ from concurrent.futures import Executor
 
 from celery import Celery
 
+from smtpworker.core.contract import RELAY_BATCH_TASK, delivery_queue
+
 log = logging.getLogger(__name__)
 
-RELAY_TASK = "mailadmin.relay_message"
-RELAY_BATCH_TASK = "mailadmin.relay_batch"
-DEFAULT_QUEUE = "celery"
 # How long the first id of a batch waits for company, and the most ids in one task. At
 # 700 msg/s, 50 ms make batches of about 35: the delivery side's fixed cost per task and
 # per batch (about 3 ms) then weighs 0.1 ms per message. The cap bounds how long one
 # batch, delivered one message after another, keeps its last messages waiting.
 LINGER_SECONDS = 0.05
 MAX_BATCH = 50
-
-
-def delivery_queue(node: str) -> str:
-    """The Celery queue that delivers what ``node`` spooled (the default one for no node)."""
-    return f"delivery.{node}" if node else DEFAULT_QUEUE
 
 
 class Handoff:

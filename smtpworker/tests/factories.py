@@ -28,6 +28,7 @@ from smtpworker.core.config import (
     UserConfig,
 )
 from smtpworker.core.configmac import body_key, sign
+from smtpworker.core.contract import encryption_key_setting
 from smtpworker.core.grammar import parse_access_entry, parse_binding
 from smtpworker.core.secretbox import SecretBox
 from smtpworker.inbound.proxyproto import V2_SIGNATURE
@@ -142,9 +143,8 @@ def published(body: str) -> bytes:
     """``body`` (a :func:`~smtpworker.core.config.dump_site` text) as the web side publishes it:
     signed with the key the worker processes this one starts will read from the
     environment (``MAILADMIN_ENCRYPTION_KEY``, else ``SECRET_KEY``, each also as ``*_FILE``)."""
-    from smtpworker.inbound.main import encryption_key
-
-    return sign(body_key(encryption_key()), body.encode())
+    _name, key = encryption_key_setting()
+    return sign(body_key(key), body.encode())
 
 
 # --- PROXY protocol headers, as a load balancer sends them ---------------------------------

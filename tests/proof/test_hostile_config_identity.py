@@ -26,15 +26,14 @@ from rest_framework.test import APIClient
 
 from mailadmin.models import ConfigSnapshot, SiteIdentity, VirtualServer
 from mailadmin.services.config.versions import (
-    REDIS_BODY_KEY,
-    REDIS_CHANNEL,
     config_republish,
     config_transaction,
     published_body,
 )
 from mailadmin.tests.factories import db_state
 from mailadmin.tests.stack import Stack, until
-from smtpworker.core import configmac
+from smtpworker.core import configmac, contract
+from smtpworker.core.contract import CONFIG_BODY_KEY, CONFIG_CHANNEL
 from smtpworker.tests.factories import free_port
 
 pytestmark = pytest.mark.usefixtures("fast_hashing")
@@ -100,7 +99,7 @@ def anonymous_rcpt_code(port: int) -> int:
 
 def worker_status(stack: Stack) -> dict[str, Any]:
     client = redis.Redis.from_url(stack.redis_url)
-    body = client.get(f"mailadmin:worker:{stack.node}")
+    body = client.get(contract.worker_key(stack.node))
     client.close()
     return dict(json.loads(body)) if body else {}
 
@@ -240,8 +239,8 @@ def test_a_body_written_without_the_key_is_refused_and_reported(stack: Stack, ho
     assert anonymous_rcpt_code(port) == 550
 
     client = redis.Redis.from_url(stack.redis_url)
-    client.set(REDIS_BODY_KEY, forged(snapshot, how))
-    client.publish(REDIS_CHANNEL, str(version + 1))
+    client.set(CONFIG_BODY_KEY, forged(snapshot, how))
+    client.publish(CONFIG_CHANNEL, str(version + 1))
     client.close()
     status = until(lambda: worker_status(stack).get("config_error") and worker_status(stack))
     assert "refused" in status["config_error"] and "sign" in status["config_error"]
@@ -267,7 +266,7 @@ def test_a_forged_last_good_file_is_refused_at_start(stack: Stack) -> None:
         configmac.body_key(settings.MAILADMIN_ENCRYPTION_KEY), cache.read_bytes()
     )
     cache.write_bytes(forged(snapshot, "unsigned"))
-    redis.Redis.from_url(stack.redis_url).delete(REDIS_BODY_KEY)  # Redis lost everything
+    redis.Redis.from_url(stack.redis_url).delete(CONFIG_BODY_KEY)  # Redis lost everything
 
     stack.smtp()
     status = until(lambda: worker_status(stack).get("config_error") and worker_status(stack))
@@ -300,17 +299,17 @@ def test_republish_replaces_anything_but_this_sites_signed_body(test_redis: str)
     client = redis.Redis.from_url(test_redis)
     version = config_republish()
     snapshot = ConfigSnapshot.objects.get(pk=version)
-    ours = client.get(REDIS_BODY_KEY)
+    ours = client.get(CONFIG_BODY_KEY)
     for intruder in (forged(snapshot, "unsigned"), forged(snapshot, "other key")):
-        client.set(REDIS_BODY_KEY, intruder)
+        client.set(CONFIG_BODY_KEY, intruder)
         assert config_republish() == version
-        assert client.get(REDIS_BODY_KEY) == ours
+        assert client.get(CONFIG_BODY_KEY) == ours
     # Another database's "version N", signed with the same key (a second checkout).
     other = json.loads(published_body(snapshot)) | {"site": "another-database"}
     key = configmac.body_key(settings.MAILADMIN_ENCRYPTION_KEY)
-    client.set(REDIS_BODY_KEY, configmac.sign(key, json.dumps(other).encode()))
+    client.set(CONFIG_BODY_KEY, configmac.sign(key, json.dumps(other).encode()))
     config_republish()
-    assert client.get(REDIS_BODY_KEY) == ours
+    assert client.get(CONFIG_BODY_KEY) == ours
     client.close()
 
 
@@ -383,7 +382,7 @@ def test_a_node_running_another_databases_higher_version_is_behind(
     client = redis.Redis.from_url(test_redis)
     for node, applied in (("same", version), ("foreign", version + 5)):
         status = {"node": node, "applied_version": applied, "heartbeat": time.time()}
-        client.set(f"mailadmin:worker:{node}", json.dumps(status | {"servers": {}}))
+        client.set(contract.worker_key(node), json.dumps(status | {"servers": {}}))
     client.close()
     workers = {w["node"]: w for w in api.get("/api/v1/workers/").json()}
     assert not workers["same"]["behind"]

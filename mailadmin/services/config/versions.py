@@ -35,13 +35,11 @@ from mailadmin.models import (
     VirtualServer,
 )
 from mailadmin.snapshot import site_config
-from smtpworker.core import configmac
+from smtpworker.core import configmac, contract
 from smtpworker.core.config import to_data
 
 log = logging.getLogger(__name__)
 
-REDIS_BODY_KEY = "mailadmin:config:body"
-REDIS_CHANNEL = "mailadmin:config"
 
 # Every row an administrator configures, and whether its id is part of its identity: child
 # rows (bindings, list entries, domains) are rewritten on save with new ids, so only their
@@ -183,8 +181,8 @@ def push_to_redis(snapshot: ConfigSnapshot) -> bool:
     try:
         client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2)
         with client.pipeline() as pipe:
-            pipe.set(REDIS_BODY_KEY, signed_body(snapshot))
-            pipe.publish(REDIS_CHANNEL, str(snapshot.pk))
+            pipe.set(contract.CONFIG_BODY_KEY, signed_body(snapshot))
+            pipe.publish(contract.CONFIG_CHANNEL, str(snapshot.pk))
             pipe.execute()
         client.close()
     except redis.RedisError as exc:
@@ -209,7 +207,7 @@ def config_republish() -> int:
         assert snapshot is not None
     try:
         client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2)
-        held = client.get(REDIS_BODY_KEY)
+        held = client.get(contract.CONFIG_BODY_KEY)
         client.close()
     except redis.RedisError as exc:
         log.warning("cannot reach Redis to re-publish config: %s", exc)
