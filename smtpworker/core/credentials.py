@@ -62,7 +62,7 @@ def hash_password(password: str, *, iterations: int = 600_000, salt: str | None 
     if iterations < 1:
         raise ValueError("iterations must be at least 1")
     digest = hashlib.pbkdf2_hmac("sha256", password.encode(), salt.encode(), iterations)
-    return f"{_PBKDF2_ALGORITHM}${iterations}${salt}${base64.b64encode(digest).decode('ascii')}"
+    return f"{_PBKDF2_ALGORITHM}${iterations}${salt}${b64(digest)}"
 
 
 def verify_password(password: str, encoded: str) -> bool:

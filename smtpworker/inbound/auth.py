@@ -7,9 +7,6 @@ The brake on password guessing is ``smtpworker.inbound.authbrake``.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-
 from smtpworker.core import credentials
 from smtpworker.core.config import ServerConfig, SiteConfig, UserConfig
 from smtpworker.core.secretbox import SecretBox, SecretBoxError
@@ -72,4 +69,4 @@ class Accounts:
 
 def mock_key_for(encryption_key: str) -> bytes:
     """The SCRAM mock-salt key: a server secret, the same on every node."""
-    return hmac.new(encryption_key.encode(), b"mailadmin scram mock salt", hashlib.sha256).digest()
+    return credentials.hmac_sha256(encryption_key.encode(), b"mailadmin scram mock salt")
