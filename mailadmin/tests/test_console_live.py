@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 import redis
 import trustme
-from django.contrib.auth.models import User
 from django.test import Client
 
 from mailadmin import configdoc
@@ -41,13 +40,6 @@ def site(typical_site: dict[str, Any], workers: redis.Redis) -> dict[str, Virtua
     return {s.name: s for s in VirtualServer.objects.all()}
 
 
-@pytest.fixture
-def client(admin_user: User) -> Client:
-    client = Client()
-    client.force_login(admin_user)
-    return client
-
-
 def report(workers: redis.Redis, node: str, **fields: Any) -> None:
     body = {
         "node": node,
@@ -61,12 +53,12 @@ def report(workers: redis.Redis, node: str, **fields: Any) -> None:
 
 
 def test_it_feeds_every_servers_state(
-    client: Client, site: dict[str, VirtualServer], workers: redis.Redis
+    admin_client: Client, site: dict[str, VirtualServer], workers: redis.Redis
 ) -> None:
     report(
         workers, "n1", servers={"InternetRelay": {"listening": False, "error": "address in use"}}
     )
-    feed = client.get("/state.json").json()
+    feed = admin_client.get("/state.json").json()
     states = {s["name"]: s for s in feed["servers"]}
     assert feed["version"] == current_version()
     assert states["CorpServer"]["state"] == "started"
@@ -75,34 +67,36 @@ def test_it_feeds_every_servers_state(
 
 
 def test_it_starts_stops_and_pauses_with_json_for_the_script(
-    client: Client, site: dict[str, VirtualServer]
+    admin_client: Client, site: dict[str, VirtualServer]
 ) -> None:
     corp = site["CorpServer"]
     for action, state in [("pause", "paused"), ("stop", "stopped"), ("start", "started")]:
-        response = client.post(f"/servers/{corp.pk}/{action}/", HTTP_ACCEPT="application/json")
+        response = admin_client.post(
+            f"/servers/{corp.pk}/{action}/", HTTP_ACCEPT="application/json"
+        )
         assert response.json()["ok"] is True
         assert response.json()["server"]["requested"] == state
         assert VirtualServer.objects.get(pk=corp.pk).state == state
 
 
 def test_it_explains_why_a_server_cannot_start(
-    client: Client, site: dict[str, VirtualServer]
+    admin_client: Client, site: dict[str, VirtualServer]
 ) -> None:
     corp = site["CorpServer"]
-    client.post(f"/servers/{corp.pk}/stop/")
+    admin_client.post(f"/servers/{corp.pk}/stop/")
     taken = [Binding("127.0.0.3", 2525)]  # InternetRelay's, and it is started
     server_update(
         server=VirtualServer.objects.get(pk=corp.pk), data={"bindings": taken}, author="t"
     )
-    response = client.post(f"/servers/{corp.pk}/start/", HTTP_ACCEPT="application/json")
+    response = admin_client.post(f"/servers/{corp.pk}/start/", HTTP_ACCEPT="application/json")
     assert response.status_code == 409
     assert "InternetRelay" in response.json()["error"]
-    page = client.post(f"/servers/{corp.pk}/start/", follow=True)
+    page = admin_client.post(f"/servers/{corp.pk}/start/", follow=True)
     assert "could not be started" in page.content.decode()
 
 
 def test_it_lists_a_servers_sessions_and_terminates_one(
-    client: Client, site: dict[str, VirtualServer], workers: redis.Redis, monkeypatch: Any
+    admin_client: Client, site: dict[str, VirtualServer], workers: redis.Redis, monkeypatch: Any
 ) -> None:
     session = {
         "id": "7",
@@ -119,7 +113,7 @@ def test_it_lists_a_servers_sessions_and_terminates_one(
     other = dict(session, id="8", server="InternetRelay", helo="elsewhere")
     report(workers, "n1", sessions=[session, other])
     corp = site["CorpServer"]
-    html = client.get(f"/servers/{corp.pk}/sessions/?fragment=1").content.decode()
+    html = admin_client.get(f"/servers/{corp.pk}/sessions/?fragment=1").content.decode()
     assert "ws-042" in html and "elsewhere" not in html and 'value="n1:7"' in html
     asked: list[str] = []
 
@@ -128,13 +122,13 @@ def test_it_lists_a_servers_sessions_and_terminates_one(
         return True
 
     monkeypatch.setattr(control, "session_terminate", terminate)
-    response = client.post(f"/servers/{corp.pk}/sessions/terminate/", {"session_id": "n1:7"})
+    response = admin_client.post(f"/servers/{corp.pk}/sessions/terminate/", {"session_id": "n1:7"})
     assert response.status_code == 302
     assert asked == ["n1:7 by console:root"]
 
 
 def test_it_shows_nodes_behind_or_stale_and_certificates_expiring(
-    client: Client, site: dict[str, VirtualServer], workers: redis.Redis
+    admin_client: Client, site: dict[str, VirtualServer], workers: redis.Redis
 ) -> None:
     report(workers, "fresh")
     report(workers, "old", applied_version=current_version() - 1, heartbeat=time.time() - 120)
@@ -149,7 +143,7 @@ def test_it_shows_nodes_behind_or_stale_and_certificates_expiring(
         },
         author="t",
     )
-    response = client.get("/dashboard/?fragment=1")
+    response = admin_client.get("/dashboard/?fragment=1")
     data = response.context
     workers_by_node = {w["node"]: w for w in data["workers"]}
     assert workers_by_node["old"]["stale"] and workers_by_node["old"]["behind"]

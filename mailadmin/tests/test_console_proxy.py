@@ -4,7 +4,6 @@ saved through the service, errors beside their fields."""
 from __future__ import annotations
 
 import pytest
-from django.contrib.auth.models import User
 from django.test import Client
 
 from mailadmin.models import ConfigSnapshot, VirtualServer
@@ -13,26 +12,23 @@ from mailadmin.tests.factories import error_beside, get_tab, post
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def client(admin_user: User) -> Client:
-    client = Client()
-    client.force_login(admin_user)
-    return client
-
-
-def test_the_bindings_dialog_has_the_trusted_proxies(client: Client, corp: VirtualServer) -> None:
-    html = client.get(f"/servers/{corp.pk}/properties/general/").content.decode()
+def test_the_bindings_dialog_has_the_trusted_proxies(
+    admin_client: Client, corp: VirtualServer
+) -> None:
+    html = admin_client.get(f"/servers/{corp.pk}/properties/general/").content.decode()
     dialog = html[html.index('<dialog id="dlg-bindings"') : html.index("</dialog>")]
     assert 'name="bindings"' in dialog and 'name="proxy_entries"' in dialog
     assert "Trusted proxies" in dialog and "PROXY protocol" in dialog
 
 
-def test_it_saves_a_proxy_binding_and_shows_it_back(client: Client, corp: VirtualServer) -> None:
+def test_it_saves_a_proxy_binding_and_shows_it_back(
+    admin_client: Client, corp: VirtualServer
+) -> None:
     before = ConfigSnapshot.objects.count()
-    data = get_tab(client, corp, "general")
+    data = get_tab(admin_client, corp, "general")
     data["bindings"] = "127.0.0.2:2525 proxy\n127.0.0.2:2526"
     data["proxy_entries"] = "10.0.0.5\n10.0.9.0/255.255.255.0"
-    response = post(client, corp, "general", data)
+    response = post(admin_client, corp, "general", data)
     assert response.status_code == 302, response.content.decode()[:3000]
     assert ConfigSnapshot.objects.count() == before + 1
     server = VirtualServer.objects.get(pk=corp.pk)
@@ -41,13 +37,13 @@ def test_it_saves_a_proxy_binding_and_shows_it_back(client: Client, corp: Virtua
         "10.0.0.5",
         "10.0.9.0/24",
     ]
-    shown = get_tab(client, corp, "general")
+    shown = get_tab(admin_client, corp, "general")
     assert shown["bindings"] == "127.0.0.2:2525 proxy\n127.0.0.2:2526"
     assert shown["proxy_entries"] == "10.0.0.5\n10.0.9.0/24"
-    html = client.get(f"/servers/{corp.pk}/properties/general/").content.decode()
+    html = admin_client.get(f"/servers/{corp.pk}/properties/general/").content.decode()
     assert "127.0.0.2:2525 proxy, 127.0.0.2:2526" in html  # the summary beside Advanced…
     # Posted back unchanged: no new version.
-    assert post(client, corp, "general", shown).status_code == 302
+    assert post(admin_client, corp, "general", shown).status_code == 302
     assert ConfigSnapshot.objects.count() == before + 1
 
 
@@ -65,12 +61,12 @@ def test_it_saves_a_proxy_binding_and_shows_it_back(client: Client, corp: Virtua
     ],
 )
 def test_it_shows_proxy_errors_beside_their_field(
-    client: Client, corp: VirtualServer, bindings: str, proxies: str, field: str, message: str
+    admin_client: Client, corp: VirtualServer, bindings: str, proxies: str, field: str, message: str
 ) -> None:
     before = ConfigSnapshot.objects.count()
-    data = get_tab(client, corp, "general")
+    data = get_tab(admin_client, corp, "general")
     data.update(bindings=bindings, proxy_entries=proxies)
-    response = post(client, corp, "general", data)
+    response = post(admin_client, corp, "general", data)
     assert response.status_code == 400
     assert message in error_beside(response.content.decode(), field)
     assert ConfigSnapshot.objects.count() == before

@@ -40,13 +40,6 @@ def relay(api: APIClient, sink: Sink) -> str:
     return sink.smart_host
 
 
-@pytest.fixture
-def client(admin_user: User) -> Client:
-    client = Client()
-    client.force_login(admin_user)
-    return client
-
-
 def deferred(sender: str, *recipients: str) -> str:
     """A message that was tried once and got 451: state retry, one attempt."""
     queue_id = spool(sender, *recipients)
@@ -80,62 +73,66 @@ def test_it_sends_anonymous_users_to_the_login_page(relay: str) -> None:
     assert state(queue_id) == MessageState.QUEUED
 
 
-def test_it_lists_the_queues_by_next_hop_with_their_state(client: Client, relay: str) -> None:
+def test_it_lists_the_queues_by_next_hop_with_their_state(admin_client: Client, relay: str) -> None:
     deferred("a@corp.test", "b@example.test")
     deferred("c@corp.test", "d@example.test")
-    (queue,) = client.get("/queues/").context["queues"]
+    (queue,) = admin_client.get("/queues/").context["queues"]
     assert (queue["next_hop"], queue["state"], queue["messages"]) == (relay, "retry", 2)
-    html = client.get("/queues/?fragment=1").content.decode()
+    html = admin_client.get("/queues/?fragment=1").content.decode()
     assert relay in html and ">Retry<" in html and "451 4.3.0 Sink is told to defer" in html
     assert 'name="action" value="suspend"' in html
-    tree = client.get("/queues/").content.decode()
+    tree = admin_client.get("/queues/").content.decode()
     assert re.search(r'href="/queues/"\s+aria-current="page"', tree)
 
 
 def test_it_suspends_and_resumes_a_queue(
-    client: Client,
+    admin_client: Client,
     relay: str,
     sink: Sink,
     enqueued: Callable[[], list[str]],
     django_capture_on_commit_callbacks: Any,
 ) -> None:
     queue_id = deferred("a@corp.test", "b@example.test")
-    response = client.post("/queues/action/", {"next_hop": relay, "action": "suspend"})
+    response = admin_client.post("/queues/action/", {"next_hop": relay, "action": "suspend"})
     assert response.status_code == 302
     assert QueueControl.objects.get(next_hop=relay).suspended
-    html = client.get("/queues/?fragment=1").content.decode()
+    html = admin_client.get("/queues/?fragment=1").content.decode()
     assert 'data-state="suspended"' in html and ">Suspended<" in html
     assert 'value="resume"' in html and 'value="suspend"' not in html
-    page = client.get("/queues/messages/", {"queue": relay}).content.decode()
+    page = admin_client.get("/queues/messages/", {"queue": relay}).content.decode()
     assert "queue-card" in page and ">Suspended<" in page
     with django_capture_on_commit_callbacks(execute=True):
-        client.post("/queues/action/", {"next_hop": relay, "action": "resume"})
+        admin_client.post("/queues/action/", {"next_hop": relay, "action": "resume"})
     assert not QueueControl.objects.get(next_hop=relay).suspended
     assert state(queue_id) == MessageState.QUEUED and enqueued() == [queue_id]
 
 
-def test_filters_narrow_the_list(client: Client, relay: str) -> None:
+def test_filters_narrow_the_list(admin_client: Client, relay: str) -> None:
     old = spool("old@corp.test", "x@example.test")
     Message.objects.filter(queue_id=old).update(
         received_at=Message.objects.get(queue_id=old).received_at.replace(year=2000)
     )
     alice = deferred("alice@corp.test", "bob@example.test")
     carol = spool("carol@corp.test", "dave@other.test")
-    assert listed(client) == [carol, alice, old]
-    assert listed(client, "sender=alice") == [alice]
-    assert listed(client, "recipient=dave@") == [carol]
-    assert listed(client, "subject=quarterly&state=retry") == [alice]
-    assert listed(client, f"queue={relay}&age=lt1h") == [carol, alice]
-    assert listed(client, "age=gt1d") == [old]
-    assert listed(client, "server=Relay&sender=nobody") == []
-    assert listed(client, "server=Elsewhere") == []
-    client.post("/queues/messages/action/", {"action": "delete", "queue_id": old, "confirm": "yes"})
-    assert old not in listed(client)  # finished messages leave the default view
-    assert old in listed(client, "state=all") and listed(client, "state=deleted") == [old]
+    assert listed(admin_client) == [carol, alice, old]
+    assert listed(admin_client, "sender=alice") == [alice]
+    assert listed(admin_client, "recipient=dave@") == [carol]
+    assert listed(admin_client, "subject=quarterly&state=retry") == [alice]
+    assert listed(admin_client, f"queue={relay}&age=lt1h") == [carol, alice]
+    assert listed(admin_client, "age=gt1d") == [old]
+    assert listed(admin_client, "server=Relay&sender=nobody") == []
+    assert listed(admin_client, "server=Elsewhere") == []
+    admin_client.post(
+        "/queues/messages/action/", {"action": "delete", "queue_id": old, "confirm": "yes"}
+    )
+    assert old not in listed(admin_client)  # finished messages leave the default view
+    assert old in listed(admin_client, "state=all") and listed(admin_client, "state=deleted") == [
+        old
+    ]
 
 
-def test_the_live_region_keeps_the_filter(client: Client, relay: str) -> None:
-    page = client.get("/queues/messages/", {"sender": "alice", "state": "retry"})
+def test_the_live_region_keeps_the_filter(admin_client: Client, relay: str) -> None:
+    page = admin_client.get("/queues/messages/", {"sender": "alice", "state": "retry"})
     refresh = re.search(r'<tbody data-refresh="([^"]+)"', page.content.decode())
     assert refresh is not None
     assert refresh[1] == "/queues/messages/?sender=alice&amp;state=retry&amp;fragment=1"
@@ -143,29 +140,29 @@ def test_the_live_region_keeps_the_filter(client: Client, relay: str) -> None:
     assert form["sender"].value() == "alice" and form["state"].value() == "retry"
 
 
-def test_it_pages_by_cursor_newest_first_without_counting(client: Client, relay: str) -> None:
+def test_it_pages_by_cursor_newest_first_without_counting(admin_client: Client, relay: str) -> None:
     ids = [spool(f"s{i}@corp.test", "b@example.test") for i in range(7)]
-    first = client.get("/queues/messages/?limit=3")
+    first = admin_client.get("/queues/messages/?limit=3")
     assert [r["m"].queue_id for r in first.context["rows"]] == ids[::-1][:3]
     assert first.context["newer"] is None
     older = first.context["older"]
     assert older.startswith("/queues/messages/?cursor=")
     with CaptureQueriesContext(connection) as queries:
-        second = client.get(older + "&fragment=1")
+        second = admin_client.get(older + "&fragment=1")
     assert re.findall(r'data-queue-id="([A-Z0-9]+)"', second.content.decode()) == ids[::-1][3:6]
     sql = " ".join(q["sql"] for q in queries.captured_queries).upper()
     assert "COUNT(" not in sql and "OFFSET" not in sql
-    assert client.get("/queues/messages/?cursor=garbage").status_code == 404
+    assert admin_client.get("/queues/messages/?cursor=garbage").status_code == 404
 
 
 def test_bulk_suspend_resume_and_retry_go_through_the_services(
-    client: Client,
+    admin_client: Client,
     relay: str,
     enqueued: Callable[[], list[str]],
     django_capture_on_commit_callbacks: Any,
 ) -> None:
     a, b = deferred("a@corp.test", "x@example.test"), deferred("b@corp.test", "y@example.test")
-    response = client.post(
+    response = admin_client.post(
         "/queues/messages/action/",
         {"action": "suspend", "queue_id": [a, b], "next": "/queues/messages/?state=retry"},
     )
@@ -173,42 +170,42 @@ def test_bulk_suspend_resume_and_retry_go_through_the_services(
     assert {state(a), state(b)} == {MessageState.SUSPENDED}
     assert run(a) == "not due"
     with django_capture_on_commit_callbacks(execute=True):
-        client.post("/queues/messages/action/", {"action": "resume", "queue_id": [a]})
+        admin_client.post("/queues/messages/action/", {"action": "resume", "queue_id": [a]})
     assert (state(a), state(b)) == (MessageState.QUEUED, MessageState.SUSPENDED)
     assert enqueued() == [a]
     with django_capture_on_commit_callbacks(execute=True):
-        client.post("/queues/messages/action/", {"action": "retry", "queue_id": [a, b]})
+        admin_client.post("/queues/messages/action/", {"action": "retry", "queue_id": [a, b]})
     assert state(b) == MessageState.SUSPENDED  # retry leaves suspended messages alone
     # a's task from the resume still waits in the broker: Retry now sends no second one.
     assert enqueued() == [a]
-    followed = client.post(
+    followed = admin_client.post(
         "/queues/messages/action/", {"action": "suspend", "queue_id": [b]}, follow=True
     )
     assert "could not be" in followed.content.decode()
-    off_site = client.post(
+    off_site = admin_client.post(
         "/queues/messages/action/", {"action": "retry", "queue_id": [a], "next": "//evil.test/"}
     )
     assert off_site["Location"] == "/queues/messages/"
 
 
 def test_delete_asks_first(
-    client: Client, relay: str, django_capture_on_commit_callbacks: Any
+    admin_client: Client, relay: str, django_capture_on_commit_callbacks: Any
 ) -> None:
     queue_id = deferred("a@corp.test", "b@example.test")
-    confirm = client.get(f"/queues/messages/{queue_id}/delete/")
+    confirm = admin_client.get(f"/queues/messages/{queue_id}/delete/")
     assert confirm.status_code == 200 and 'name="confirm" value="yes"' in confirm.content.decode()
-    unconfirmed = client.post(
+    unconfirmed = admin_client.post(
         "/queues/messages/action/", {"action": "delete", "queue_id": queue_id}
     )
     html = unconfirmed.content.decode()
     assert (
         unconfirmed.status_code == 200 and "Delete 1 message?" in html and "Nobody is told" in html
     )
-    assert client.post(f"/queues/messages/{queue_id}/delete/").status_code == 200
+    assert admin_client.post(f"/queues/messages/{queue_id}/delete/").status_code == 200
     assert state(queue_id) == MessageState.RETRY
     assert queue_id in spool_for("Relay").ids()
     with django_capture_on_commit_callbacks(execute=True):
-        response = client.post(
+        response = admin_client.post(
             "/queues/messages/action/",
             {"action": "delete", "queue_id": queue_id, "confirm": "yes"},
         )
@@ -217,12 +214,14 @@ def test_delete_asks_first(
     assert queue_id not in spool_for("Relay").ids()
 
 
-def test_delete_with_ndr_tells_the_sender(client: Client, relay: str) -> None:
+def test_delete_with_ndr_tells_the_sender(admin_client: Client, relay: str) -> None:
     queue_id = deferred("a@corp.test", "b@example.test")
-    page = client.post("/queues/messages/action/", {"action": "delete_ndr", "queue_id": queue_id})
+    page = admin_client.post(
+        "/queues/messages/action/", {"action": "delete_ndr", "queue_id": queue_id}
+    )
     assert "non-delivery report" in page.content.decode()
     assert state(queue_id) == MessageState.RETRY
-    client.post(
+    admin_client.post(
         "/queues/messages/action/", {"action": "delete_ndr", "queue_id": queue_id, "confirm": "yes"}
     )
     assert state(queue_id) == MessageState.DELETED
@@ -231,11 +230,11 @@ def test_delete_with_ndr_tells_the_sender(client: Client, relay: str) -> None:
 
 
 def test_the_detail_shows_envelope_recipients_attempts_and_headers(
-    client: Client, relay: str
+    admin_client: Client, relay: str
 ) -> None:
     queue_id = deferred("a@corp.test", "b@example.test", "c@example.test")
     run(queue_id)
-    response = client.get(f"/queues/messages/{queue_id}/")
+    response = admin_client.get(f"/queues/messages/{queue_id}/")
     html = response.content.decode()
     assert response.context["headers"][:3] == [
         ("From", "a@corp.test"),
@@ -247,7 +246,7 @@ def test_the_detail_shows_envelope_recipients_attempts_and_headers(
     assert "c@example.test" in html and "127.0.0.1" in html
     assert 'Delivery attempts <span class="muted">(2)</span>' in html
     assert "Delete with NDR…" in html
-    assert client.get("/queues/messages/NOSUCHMESSAGE/").status_code == 404
+    assert admin_client.get("/queues/messages/NOSUCHMESSAGE/").status_code == 404
 
 
 def test_operators_see_no_write_controls_and_are_refused(
@@ -292,12 +291,14 @@ def test_it_refuses_a_post_without_the_csrf_token(admin_user: User, relay: str) 
             assert "csrfmiddlewaretoken" in form, (url, form[:200])
 
 
-def test_the_dashboard_shows_counts_throughput_and_queue_shape(client: Client, relay: str) -> None:
+def test_the_dashboard_shows_counts_throughput_and_queue_shape(
+    admin_client: Client, relay: str
+) -> None:
     deferred("a@corp.test", "b@example.test")
     spool("c@corp.test", "d@example.test")
     traffic_add("Relay", delivered=5, bounced=1)
     traffic_add_rejected("Relay", "relay denied", 3)
-    response = client.get("/dashboard/?fragment=1")
+    response = admin_client.get("/dashboard/?fragment=1")
     data = response.context
     counts = {key: n for key, _label, n in data["message_counts"]["open"]}
     assert counts == {"queued": 1, "active": 0, "retry": 1, "suspended": 0}
@@ -326,6 +327,6 @@ def test_the_dashboard_shows_counts_throughput_and_queue_shape(client: Client, r
     assert len(charts["day"]["t"]) in (24, 25)
     assert 'id="chart-hour" data-chart="hour" data-live-keep' in html
     assert "Show as a table" in html and 'id="chart-hour-summary"' in html
-    page = client.get("/dashboard/").content.decode()
+    page = admin_client.get("/dashboard/").content.decode()
     assert "vendor/uplot/uPlot.min.css" in page and "mailadmin/charts.js" in page
     assert 'class="flashes"' not in page  # the counts must not pass for Django's messages

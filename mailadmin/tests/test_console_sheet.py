@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 import trustme
-from django.contrib.auth.models import User
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 
@@ -19,32 +18,25 @@ pytestmark = pytest.mark.django_db
 TABS = ["general", "access", "messages", "delivery"]
 
 
-@pytest.fixture
-def client(admin_user: User) -> Client:
-    client = Client()
-    client.force_login(admin_user)
-    return client
-
-
 @pytest.mark.parametrize("tab", TABS)
 def test_it_round_trips_each_tab_without_a_new_version(
-    client: Client, corp: VirtualServer, tab: str
+    admin_client: Client, corp: VirtualServer, tab: str
 ) -> None:
     before = ConfigSnapshot.objects.count()
-    response = post(client, corp, tab, get_tab(client, corp, tab))
+    response = post(admin_client, corp, tab, get_tab(admin_client, corp, tab))
     assert response.status_code == 302, response.content.decode()[:2000]
     assert response["Location"] == f"/servers/{corp.pk}/properties/{tab}/"
     assert ConfigSnapshot.objects.count() == before
 
 
-def test_it_round_trips_the_whole_sheet_at_once(client: Client, corp: VirtualServer) -> None:
+def test_it_round_trips_the_whole_sheet_at_once(admin_client: Client, corp: VirtualServer) -> None:
     before = ConfigSnapshot.objects.count()
     data: dict[str, Any] = {"tab": TABS}
     for tab in TABS:
-        one = get_tab(client, corp, tab)
+        one = get_tab(admin_client, corp, tab)
         one.pop("tab")
         data.update(one)
-    response = client.post(f"/servers/{corp.pk}/properties/", {**data, "action": "ok"})
+    response = admin_client.post(f"/servers/{corp.pk}/properties/", {**data, "action": "ok"})
     assert response.status_code == 302
     assert response["Location"] == f"/servers/{corp.pk}/"
     assert ConfigSnapshot.objects.count() == before
@@ -87,16 +79,16 @@ CHANGES = [
 
 @pytest.mark.parametrize(("tab", "change", "check"), CHANGES)
 def test_it_saves_one_changed_field_as_a_new_version(
-    client: Client, corp: VirtualServer, tab: str, change: dict[str, Any], check: Any
+    admin_client: Client, corp: VirtualServer, tab: str, change: dict[str, Any], check: Any
 ) -> None:
     before = ConfigSnapshot.objects.count()
-    data = get_tab(client, corp, tab)
+    data = get_tab(admin_client, corp, tab)
     for key, value in change.items():
         if value is None:
             data.pop(key, None)
         else:
             data[key] = value
-    response = post(client, corp, tab, data)
+    response = post(admin_client, corp, tab, data)
     assert response.status_code == 302, response.content.decode()[:2000]
     assert ConfigSnapshot.objects.count() == before + 1
     assert ConfigSnapshot.objects.latest().author == "console:root"
@@ -115,12 +107,12 @@ def test_it_saves_one_changed_field_as_a_new_version(
     ],
 )
 def test_it_shows_each_error_beside_its_field_and_saves_nothing(
-    client: Client, corp: VirtualServer, tab: str, field: str, value: str, message: str
+    admin_client: Client, corp: VirtualServer, tab: str, field: str, value: str, message: str
 ) -> None:
     before = ConfigSnapshot.objects.count()
-    data = get_tab(client, corp, tab)
+    data = get_tab(admin_client, corp, tab)
     data[field] = value
-    response = post(client, corp, tab, data)
+    response = post(admin_client, corp, tab, data)
     assert response.status_code == 400
     html = response.content.decode()
     assert message in error_beside(html, field)
@@ -129,52 +121,59 @@ def test_it_shows_each_error_beside_its_field_and_saves_nothing(
     assert ConfigSnapshot.objects.count() == before
 
 
-def test_it_keeps_other_tabs_when_one_has_an_error(client: Client, corp: VirtualServer) -> None:
-    general = get_tab(client, corp, "general")
-    delivery = get_tab(client, corp, "delivery")
+def test_it_keeps_other_tabs_when_one_has_an_error(
+    admin_client: Client, corp: VirtualServer
+) -> None:
+    general = get_tab(admin_client, corp, "general")
+    delivery = get_tab(admin_client, corp, "delivery")
     general["connection_timeout"] = "900"
     delivery["smart_host"] = "10.0.0.2"
     data = {**general, **delivery, "tab": ["general", "delivery"], "action": "apply"}
-    response = client.post(f"/servers/{corp.pk}/properties/", data)
+    response = admin_client.post(f"/servers/{corp.pk}/properties/", data)
     assert response.status_code == 400
     assert response.context["active"] == "delivery"
     assert VirtualServer.objects.get(pk=corp.pk).connection_timeout == 600
 
 
 def test_it_installs_a_certificate_and_never_shows_the_key(
-    client: Client, corp: VirtualServer
+    admin_client: Client, corp: VirtualServer
 ) -> None:
     leaf = trustme.CA().issue_cert("corp-relay.example.net")
-    data = get_tab(client, corp, "access")
+    data = get_tab(admin_client, corp, "access")
     data["tls_certificate"] = SimpleUploadedFile("cert.pem", leaf.cert_chain_pems[0].bytes())
     data["tls_private_key"] = SimpleUploadedFile("key.pem", leaf.private_key_pem.bytes())
     data["tls_require"] = "on"
-    response = post(client, corp, "access", data)
+    response = post(admin_client, corp, "access", data)
     assert response.status_code == 302, response.content.decode()[:3000]
     server = VirtualServer.objects.get(pk=corp.pk)
     assert server.tls_require and server.tls_not_after is not None
     assert "PRIVATE KEY" not in server.tls_private_key
-    html = client.get(f"/servers/{corp.pk}/properties/access/").content.decode()
+    html = admin_client.get(f"/servers/{corp.pk}/properties/access/").content.decode()
     assert "PRIVATE KEY" not in html
     assert "stored (never shown)" in html
     assert server.tls_not_after.strftime("%Y-%m-%d") in html
     # Posting the tab back without uploads keeps the pair.
     before = ConfigSnapshot.objects.count()
-    assert post(client, corp, "access", get_tab(client, corp, "access")).status_code == 302
+    assert (
+        post(admin_client, corp, "access", get_tab(admin_client, corp, "access")).status_code == 302
+    )
     assert ConfigSnapshot.objects.count() == before
 
 
 def test_it_does_not_change_a_stored_password_left_empty(
-    client: Client, corp: VirtualServer
+    admin_client: Client, corp: VirtualServer
 ) -> None:
-    data = get_tab(client, corp, "delivery")
+    data = get_tab(admin_client, corp, "delivery")
     data.update(outbound_auth_method="basic", outbound_username="relay", outbound_password="s3cret")
-    assert post(client, corp, "delivery", data).status_code == 302
+    assert post(admin_client, corp, "delivery", data).status_code == 302
     sealed = VirtualServer.objects.get(pk=corp.pk).outbound_password
     assert sealed and "s3cret" not in sealed
-    html = client.get(f"/servers/{corp.pk}/properties/delivery/").content.decode()
+    html = admin_client.get(f"/servers/{corp.pk}/properties/delivery/").content.decode()
     assert "s3cret" not in html
     before = ConfigSnapshot.objects.count()
-    assert post(client, corp, "delivery", get_tab(client, corp, "delivery")).status_code == 302
+    assert (
+        post(admin_client, corp, "delivery", get_tab(admin_client, corp, "delivery")).status_code
+        == 302
+    )
     assert VirtualServer.objects.get(pk=corp.pk).outbound_password == sealed
     assert ConfigSnapshot.objects.count() == before

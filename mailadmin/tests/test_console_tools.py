@@ -20,22 +20,15 @@ from mailadmin.relaytest import relay_test
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def client(admin_user: User) -> Client:
-    client = Client()
-    client.force_login(admin_user)
-    return client
-
-
 def ask(client: Client, server: VirtualServer, **facts: str) -> Any:
     query = {"client_ip": "203.0.113.9", "sender": "someone@example.org", **facts}
     return client.get(f"/servers/{server.pk}/relay-test/", query)
 
 
 def test_it_accepts_mail_for_the_internet_relays_remote_domain_from_anyone(
-    client: Client, site: dict[str, VirtualServer]
+    admin_client: Client, site: dict[str, VirtualServer]
 ) -> None:
-    response = ask(client, site["InternetRelay"], recipient="bob@example.com")
+    response = ask(admin_client, site["InternetRelay"], recipient="bob@example.com")
     result = response.context["result"]
     assert result.accepted
     assert result.deciding.rule == "remote domain example.com allows relay"
@@ -43,9 +36,9 @@ def test_it_accepts_mail_for_the_internet_relays_remote_domain_from_anyone(
 
 
 def test_it_refuses_other_domains_and_names_the_rule(
-    client: Client, site: dict[str, VirtualServer]
+    admin_client: Client, site: dict[str, VirtualServer]
 ) -> None:
-    response = ask(client, site["InternetRelay"], recipient="bob@example.net")
+    response = ask(admin_client, site["InternetRelay"], recipient="bob@example.net")
     result = response.context["result"]
     assert not result.accepted
     assert result.deciding.reply.startswith("550 5.7.1")
@@ -90,15 +83,17 @@ def test_it_answers_for_a_stopped_server_as_if_started(site: dict[str, VirtualSe
 
 
 def test_it_shows_a_bad_client_address_beside_its_field(
-    client: Client, site: dict[str, VirtualServer]
+    admin_client: Client, site: dict[str, VirtualServer]
 ) -> None:
-    response = ask(client, site["InternetRelay"], client_ip="not-an-ip", recipient="b@example.com")
+    response = ask(
+        admin_client, site["InternetRelay"], client_ip="not-an-ip", recipient="b@example.com"
+    )
     assert response.context["result"] is None
     assert response.context["form"].errors["client_ip"]
 
 
 def test_it_lists_an_api_change_with_its_author(
-    client: Client, site: dict[str, VirtualServer], admin_user: User
+    admin_client: Client, site: dict[str, VirtualServer], admin_user: User
 ) -> None:
     api = APIClient()
     api.force_login(admin_user)
@@ -109,7 +104,7 @@ def test_it_lists_an_api_change_with_its_author(
         format="json",
     )
     assert response.status_code == 200
-    page = client.get("/audit/")
+    page = admin_client.get("/audit/")
     newest = page.context["entries"][0]
     assert newest.author == "api:root"
     assert newest.changes == ["servers[InternalRelay].relay.list: added 10.0.0.5"]
@@ -147,17 +142,17 @@ def test_it_describes_renames_users_and_domains(site: dict[str, VirtualServer]) 
     assert "users[alice].password: changed" in changes
 
 
-def test_it_exports_json_and_yaml(client: Client, site: dict[str, VirtualServer]) -> None:
-    as_json = client.get("/config/export/", {"format": "json"})
+def test_it_exports_json_and_yaml(admin_client: Client, site: dict[str, VirtualServer]) -> None:
+    as_json = admin_client.get("/config/export/", {"format": "json"})
     assert as_json["Content-Disposition"].startswith('attachment; filename="mailadmin-v')
     document = json.loads(as_json.content)
     assert sorted(s["name"] for s in document["servers"]) == sorted(site)
-    as_yaml = client.get("/config/export/", {"format": "yaml"})
+    as_yaml = admin_client.get("/config/export/", {"format": "yaml"})
     assert yaml.safe_load(as_yaml.content) == document
 
 
 def test_it_previews_an_import_then_applies_it_on_confirm(
-    client: Client, site: dict[str, VirtualServer]
+    admin_client: Client, site: dict[str, VirtualServer]
 ) -> None:
     document = configdoc.document_export()
     document["servers"][1]["relay"]["list"].append("10.9.0.0/16")
@@ -165,7 +160,7 @@ def test_it_previews_an_import_then_applies_it_on_confirm(
     text = json.dumps(document)
     before = ConfigSnapshot.objects.count()
     upload = SimpleUploadedFile("site.json", text.encode())
-    preview = client.post("/config/", {"file": upload})
+    preview = admin_client.post("/config/", {"file": upload})
     assert preview.status_code == 200
     assert preview.context["changes"] == [
         "servers[InternalRelay].relay.list: added 10.9.0.0/16",
@@ -173,18 +168,18 @@ def test_it_previews_an_import_then_applies_it_on_confirm(
     ]
     assert ConfigSnapshot.objects.count() == before
     assert VirtualServer.objects.get(name="InternalRelay").access_entries.count() == 2
-    applied = client.post("/config/", {"text": text, "confirm": "1"})
+    applied = admin_client.post("/config/", {"text": text, "confirm": "1"})
     assert applied.status_code == 302 and applied["Location"] == "/audit/"
     assert ConfigSnapshot.objects.count() == before + 1
     assert ConfigSnapshot.objects.latest().author == "console:root"
 
 
 def test_it_previews_errors_with_their_paths(
-    client: Client, site: dict[str, VirtualServer]
+    admin_client: Client, site: dict[str, VirtualServer]
 ) -> None:
     document = configdoc.document_export()
     document["servers"][0]["delivery"]["smart_host"] = "10.0.0.2"
-    response = client.post("/config/", {"text": yaml.safe_dump(document)})
+    response = admin_client.post("/config/", {"text": yaml.safe_dump(document)})
     assert response.status_code == 400
     paths = [e.dotted for e in response.context["errors"]]
     assert paths == ["servers[0].delivery.smart_host"]
@@ -192,8 +187,8 @@ def test_it_previews_errors_with_their_paths(
 
 
 def test_it_says_when_an_import_would_change_nothing(
-    client: Client, site: dict[str, VirtualServer]
+    admin_client: Client, site: dict[str, VirtualServer]
 ) -> None:
-    response = client.post("/config/", {"text": json.dumps(configdoc.document_export())})
+    response = admin_client.post("/config/", {"text": json.dumps(configdoc.document_export())})
     assert response.context["changes"] == []
     assert "would change nothing" in response.content.decode()

@@ -31,13 +31,6 @@ INVOICE = b"From: x@elsewhere.test\r\nSubject: Invoice 4711\r\n\r\nPay.\r\n"
 
 
 @pytest.fixture
-def client(admin_user: User) -> Client:
-    client = Client()
-    client.force_login(admin_user)
-    return client
-
-
-@pytest.fixture
 def mail(api: APIClient) -> dict[str, str]:
     """Four messages on two servers, a day apart from the oldest to the newest."""
     make_relay(api)
@@ -87,53 +80,55 @@ def test_operators_read_it_and_users_in_no_group_may_not(
     assert nobody.get(f"/tracking/{mail['boss']}/").status_code == 403
 
 
-def test_it_is_a_node_of_the_console_tree(client: Client, mail: dict[str, str]) -> None:
-    html = client.get("/tracking/").content.decode()
+def test_it_is_a_node_of_the_console_tree(admin_client: Client, mail: dict[str, str]) -> None:
+    html = admin_client.get("/tracking/").content.decode()
     assert re.search(r'href="/tracking/"\s+aria-current="page"', html)
     assert '<form method="get" action="/tracking/"' in html and 'role="search"' in html
     for label in ["Queue ID", "Sender", "Recipient", "Subject", "Server", "Received from"]:
         assert re.search(rf'<label for="id_\w+">{label}</label>', html), label
-    elsewhere = client.get("/queues/").content.decode()
+    elsewhere = admin_client.get("/queues/").content.decode()
     assert re.search(r'<a role="treeitem" href="/tracking/">', elsewhere)
 
 
 def test_it_lists_every_message_newest_first_without_criteria(
-    client: Client, mail: dict[str, str]
+    admin_client: Client, mail: dict[str, str]
 ) -> None:
-    assert listed(client) == [mail["two"], mail["edge"], mail["invoice"], mail["boss"]]
-    html = client.get("/tracking/").content.decode()
+    assert listed(admin_client) == [mail["two"], mail["edge"], mail["invoice"], mail["boss"]]
+    html = admin_client.get("/tracking/").content.decode()
     row = html[html.index(f'data-queue-id="{mail["two"]}"') :].split("</tr>")[0]
     for shown in [mail["two"], "Relay", "c@corp.test", "d@example.test", "+1", "Ready"]:
         assert shown in row, shown
     assert f'href="/tracking/{mail["two"]}/"' in row and ">Quarterly numbers</a>" in row
 
 
-def test_it_searches_by_each_criterion(client: Client, mail: dict[str, str]) -> None:
-    assert listed(client, queue_id=mail["edge"].lower()) == [mail["edge"]]  # any case
-    assert listed(client, queue_id=mail["edge"][:-1]) == []  # exact, not a prefix
-    assert listed(client, sender="A@CORP") == [mail["boss"]]
-    assert listed(client, recipient="example.test") == [mail["two"], mail["edge"]]
-    assert listed(client, recipient="e@example") == [mail["two"]]  # one row, two matches
-    assert listed(client, subject="invoice 47") == [mail["invoice"]]
-    assert listed(client, server="Edge") == [mail["edge"]]
+def test_it_searches_by_each_criterion(admin_client: Client, mail: dict[str, str]) -> None:
+    assert listed(admin_client, queue_id=mail["edge"].lower()) == [mail["edge"]]  # any case
+    assert listed(admin_client, queue_id=mail["edge"][:-1]) == []  # exact, not a prefix
+    assert listed(admin_client, sender="A@CORP") == [mail["boss"]]
+    assert listed(admin_client, recipient="example.test") == [mail["two"], mail["edge"]]
+    assert listed(admin_client, recipient="e@example") == [mail["two"]]  # one row, two matches
+    assert listed(admin_client, subject="invoice 47") == [mail["invoice"]]
+    assert listed(admin_client, server="Edge") == [mail["edge"]]
     now = timezone.now()
     since = (now - timedelta(hours=12)).strftime("%Y-%m-%d %H:%M")
-    assert listed(client, since=since) == [mail["two"], mail["edge"]]
+    assert listed(admin_client, since=since) == [mail["two"], mail["edge"]]
     until = (now - timedelta(hours=20)).isoformat()
-    assert listed(client, until=until) == [mail["boss"]]
-    assert listed(client, until=(now - timedelta(days=3)).date().isoformat()) == []
+    assert listed(admin_client, until=until) == [mail["boss"]]
+    assert listed(admin_client, until=(now - timedelta(days=3)).date().isoformat()) == []
     day = timezone.localdate(now - timedelta(hours=24)).isoformat()
-    assert mail["boss"] in listed(client, since=day, until=day)  # a date: the whole day
+    assert mail["boss"] in listed(admin_client, since=day, until=day)  # a date: the whole day
     # Criteria add up.
-    assert listed(client, sender="corp.test", recipient="example", server="Relay") == [mail["two"]]
-    html = client.get("/tracking/", {"subject": "nothing like this"}).content.decode()
+    assert listed(admin_client, sender="corp.test", recipient="example", server="Relay") == [
+        mail["two"]
+    ]
+    html = admin_client.get("/tracking/", {"subject": "nothing like this"}).content.decode()
     assert "No message matches the search." in html
 
 
 def test_it_shows_bad_criteria_beside_their_fields_and_searches_nothing(
-    client: Client, mail: dict[str, str]
+    admin_client: Client, mail: dict[str, str]
 ) -> None:
-    response = client.get(
+    response = admin_client.get(
         "/tracking/",
         {"queue_id": "ABC-123", "since": "yesterday", "until": "2024-02-30", "sender": "a@"},
     )
@@ -152,10 +147,10 @@ def test_it_shows_bad_criteria_beside_their_fields_and_searches_nothing(
         assert tag is not None and 'aria-invalid="true"' in tag.group(0), name
         assert f"id_{name}-error" in tag.group(0)  # aria-describedby
     assert 'value="yesterday"' in html and 'value="a@"' in html  # what was typed stays
-    response = client.get("/tracking/", {"since": "2025-06-02", "until": "2025-06-01 12:00"})
+    response = admin_client.get("/tracking/", {"since": "2025-06-02", "until": "2025-06-01 12:00"})
     assert response.status_code == 400
     assert "This must be later than “Received from”." in response.content.decode()
-    response = client.get("/tracking/", {"until": "9999-12-31"})  # its end overflows
+    response = admin_client.get("/tracking/", {"until": "9999-12-31"})  # its end overflows
     assert response.status_code == 400 and "is out of range." in response.content.decode()
 
 
@@ -177,23 +172,23 @@ def test_it_and_the_api_read_times_alike(api: APIClient, mail: dict[str, str]) -
     assert [m["queue_id"] for m in found][0] == mail["two"]
 
 
-def test_it_pages_by_cursor_without_counting(client: Client, mail: dict[str, str]) -> None:
-    response = client.get("/tracking/", {"sender": "corp.test", "limit": "2"})
+def test_it_pages_by_cursor_without_counting(admin_client: Client, mail: dict[str, str]) -> None:
+    response = admin_client.get("/tracking/", {"sender": "corp.test", "limit": "2"})
     html = response.content.decode()
     assert re.findall(r'<tr data-queue-id="([A-Z0-9]+)"', html) == [mail["two"], mail["edge"]]
     older = re.search(r'<a class="btn" href="([^"]+)" rel="next">Older', html)
     assert older is not None and "sender=corp.test" in older.group(1)
     with CaptureQueriesContext(connection) as queries:
-        second = client.get(older.group(1).replace("&amp;", "&")).content.decode()
+        second = admin_client.get(older.group(1).replace("&amp;", "&")).content.decode()
     assert re.findall(r'<tr data-queue-id="([A-Z0-9]+)"', second) == [mail["boss"]]
     sql = " ".join(q["sql"] for q in queries.captured_queries).upper()
     assert "COUNT(" not in sql and " OFFSET " not in sql
     assert 'rel="prev">' in second and "Newest</a>" in second
-    assert client.get("/tracking/", {"cursor": "bogus"}).status_code == 404
+    assert admin_client.get("/tracking/", {"cursor": "bogus"}).status_code == 404
 
 
 def test_the_history_shows_arrival_and_every_attempt(
-    client: Client, api: APIClient, sink: Sink
+    admin_client: Client, api: APIClient, sink: Sink
 ) -> None:
     make_relay(api, delivery={"smart_host": sink.smart_host})
     sink.mode = "451"
@@ -203,7 +198,7 @@ def test_the_history_shows_arrival_and_every_attempt(
     sink.mode = "accept"
     assert run(queue_id) == "delivered"
 
-    html = page(client, queue_id, "?sender=a%40corp.test&junk=1")
+    html = page(admin_client, queue_id, "?sender=a%40corp.test&junk=1")
     titles = re.findall(r"<h3>([^<]+)</h3>", html)
     assert titles == ["Received", "Attempt 1: Deferred", "Attempt 2: Delivered"]
     received, first, second = html.split('<li class="ev"')[1:4]
@@ -222,29 +217,29 @@ def test_the_history_shows_arrival_and_every_attempt(
 
 
 def test_a_message_still_queued_links_to_its_queue_page(
-    client: Client, api: APIClient, sink: Sink
+    admin_client: Client, api: APIClient, sink: Sink
 ) -> None:
     make_relay(api, delivery={"smart_host": sink.smart_host})
     sink.mode = "451"
     queue_id = spool("a@corp.test", "b@example.test")
     assert run(queue_id) == "retry"
-    html = page(client, queue_id)
+    html = page(admin_client, queue_id)
     assert f'href="/queues/messages/{queue_id}/"' in html
     assert "Retry: waiting for the next attempt. Next attempt in" in html
     assert re.findall(r"<h3>([^<]+)</h3>", html)[-1] == "Now in the queue"
     suspended = spool("a@corp.test", "c@example.test")
     Message.objects.filter(queue_id=suspended).update(state=MessageState.SUSPENDED)
-    assert "Suspended: held by an operator until resumed." in page(client, suspended)
+    assert "Suspended: held by an operator until resumed." in page(admin_client, suspended)
 
 
 @pytest.mark.django_db(transaction=True)
 def test_the_history_ends_with_the_notices_the_ndr_or_the_deletion(
-    client: Client, api: APIClient, sink: Sink
+    admin_client: Client, api: APIClient, sink: Sink
 ) -> None:
     queue_id = deferred_until_expired(api, sink)
     reports = {m.subject: m.queue_id for m in Message.objects.filter(is_report=True)}
 
-    html = page(client, queue_id)
+    html = page(admin_client, queue_id)
     titles = re.findall(r"<h3>([^<]+)</h3>", html)
     assert titles[0] == "Received" and titles[-1] == "Non-delivery report sent"
     assert {"Delay notice sent", "Not delivered", "Attempt 1: Deferred"} <= set(titles)
@@ -252,36 +247,36 @@ def test_the_history_ends_with_the_notices_the_ndr_or_the_deletion(
     for subject in ["Delayed: Quarterly numbers", "Undeliverable: Quarterly numbers"]:
         assert f'href="/tracking/{reports[subject]}/"' in html
     assert "Not delivered to 1 of 1 recipient. The sender was sent a non-delivery report." in html
-    report = page(client, reports["Undeliverable: Quarterly numbers"])
+    report = page(admin_client, reports["Undeliverable: Quarterly numbers"])
     assert "a delivery report this site generated" in report
 
     deleted = spool("a@corp.test", "c@example.test")
     assert messages_delete(queue_ids=[deleted], author="console:root") == 1
-    html = page(client, deleted)
+    html = page(admin_client, deleted)
     assert re.findall(r"<h3>([^<]+)</h3>", html) == ["Received", "Deleted"]
     assert "Deleted by console:root" in html
     assert "Left the queue: deleted by console:root. No non-delivery report was sent." in html
 
 
-def test_an_unknown_message_is_not_found(client: Client, mail: dict[str, str]) -> None:
-    assert client.get("/tracking/NOSUCHMESSAGE/").status_code == 404
+def test_an_unknown_message_is_not_found(admin_client: Client, mail: dict[str, str]) -> None:
+    assert admin_client.get("/tracking/NOSUCHMESSAGE/").status_code == 404
 
 
 def test_it_reads_the_page_in_a_bounded_number_of_queries(
-    client: Client, mail: dict[str, str], api: APIClient
+    admin_client: Client, mail: dict[str, str], api: APIClient
 ) -> None:
     with CaptureQueriesContext(connection) as few:
-        client.get("/tracking/")
+        admin_client.get("/tracking/")
     for n in range(6):
         spool(f"more{n}@corp.test", "x@example.test", "y@example.test")
     with CaptureQueriesContext(connection) as more:
-        client.get("/tracking/")
+        admin_client.get("/tracking/")
     assert len(more.captured_queries) == len(few.captured_queries)
 
 
 def test_it_keeps_a_deleted_servers_name_as_a_choice(
-    client: Client, mail: dict[str, str], settings: Any
+    admin_client: Client, mail: dict[str, str], settings: Any
 ) -> None:
-    html = client.get("/tracking/", {"server": "Gone"}).content.decode()
+    html = admin_client.get("/tracking/", {"server": "Gone"}).content.decode()
     assert '<option value="Gone" selected>Gone</option>' in html
     assert "No message matches the search." in html

@@ -5,20 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import User
 from django.test import Client
 
 from mailadmin import configdoc
 from mailadmin.models import ConfigSnapshot, Domain, VirtualServer
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def client(admin_user: User) -> Client:
-    client = Client()
-    client.force_login(admin_user)
-    return client
 
 
 def step(client: Client, url: str, answers: dict[str, Any], index: int, nav: str = "next") -> Any:
@@ -38,15 +30,15 @@ GOOD = {
 }
 
 
-def test_it_walks_the_new_server_wizard_and_creates_once(client: Client) -> None:
-    assert "Step 1 of 4" in client.get(NEW).content.decode()
+def test_it_walks_the_new_server_wizard_and_creates_once(admin_client: Client) -> None:
+    assert "Step 1 of 4" in admin_client.get(NEW).content.decode()
     before = ConfigSnapshot.objects.count()
     for index, title in enumerate(["IP address", "Home directory", "Default domain"]):
-        response = step(client, NEW, GOOD, index)
+        response = step(admin_client, NEW, GOOD, index)
         assert response.status_code == 200
         assert f"Step {index + 2} of 4: {title}" in response.content.decode()
     assert ConfigSnapshot.objects.count() == before  # checking a step writes nothing
-    response = step(client, NEW, GOOD, 3, nav="finish")
+    response = step(admin_client, NEW, GOOD, 3, nav="finish")
     server = VirtualServer.objects.get(name="CorpServer")
     assert response.status_code == 302
     assert response["Location"] == f"/servers/{server.pk}/"
@@ -69,10 +61,10 @@ def test_it_walks_the_new_server_wizard_and_creates_once(client: Client) -> None
     ],
 )
 def test_it_stops_at_the_step_with_the_error(
-    client: Client, index: int, answers: dict[str, Any], field: str, message: str
+    admin_client: Client, index: int, answers: dict[str, Any], field: str, message: str
 ) -> None:
     nav = "finish" if index == 3 else "next"
-    response = step(client, NEW, {**GOOD, **answers}, index, nav=nav)
+    response = step(admin_client, NEW, {**GOOD, **answers}, index, nav=nav)
     assert response.status_code == 400
     assert response.context["index"] == index
     assert message in " ".join(response.context["form"].errors[field])
@@ -80,28 +72,28 @@ def test_it_stops_at_the_step_with_the_error(
 
 
 def test_it_refuses_a_taken_name_on_the_first_step(
-    client: Client, typical_site: dict[str, Any]
+    admin_client: Client, typical_site: dict[str, Any]
 ) -> None:
     configdoc.document_import(typical_site, author="test")
-    response = step(client, NEW, {**GOOD}, 0)
+    response = step(admin_client, NEW, {**GOOD}, 0)
     assert response.status_code == 400
     assert "already exists" in " ".join(response.context["form"].errors["name"])
 
 
 def test_it_refuses_to_start_on_a_taken_binding(
-    client: Client, typical_site: dict[str, Any]
+    admin_client: Client, typical_site: dict[str, Any]
 ) -> None:
     configdoc.document_import(typical_site, author="test")
     answers = {**GOOD, "name": "Second", "start": "on"}
-    response = step(client, NEW, answers, 1)
+    response = step(admin_client, NEW, answers, 1)
     assert response.status_code == 400
     assert "CorpServer" in " ".join(response.context["form"].errors["ip_address"])
     del answers["start"]
-    assert step(client, NEW, answers, 1).status_code == 200  # stopped: no conflict
+    assert step(admin_client, NEW, answers, 1).status_code == 200  # stopped: no conflict
 
 
-def test_it_goes_back_without_losing_answers(client: Client) -> None:
-    response = step(client, NEW, GOOD, 2, nav="back")
+def test_it_goes_back_without_losing_answers(admin_client: Client) -> None:
+    response = step(admin_client, NEW, GOOD, 2, nav="back")
     assert response.context["index"] == 1
     html = response.content.decode()
     assert 'value="127.0.0.2"' in html
@@ -109,25 +101,25 @@ def test_it_goes_back_without_losing_answers(client: Client) -> None:
 
 
 def test_it_creates_a_remote_domain_and_opens_its_properties(
-    client: Client, typical_site: dict[str, Any]
+    admin_client: Client, typical_site: dict[str, Any]
 ) -> None:
     configdoc.document_import(typical_site, author="test")
     server = VirtualServer.objects.get(name="InternalRelay")
     url = f"/servers/{server.pk}/domains/new/"
-    assert step(client, url, {"kind": "remote"}, 0).status_code == 200
-    bad = step(client, url, {"kind": "remote", "name": "exa mple.com"}, 1, nav="finish")
+    assert step(admin_client, url, {"kind": "remote"}, 0).status_code == 200
+    bad = step(admin_client, url, {"kind": "remote", "name": "exa mple.com"}, 1, nav="finish")
     assert bad.status_code == 400 and bad.context["form"].errors["name"]
-    response = step(client, url, {"kind": "remote", "name": "*.Example.org"}, 1, nav="finish")
+    response = step(admin_client, url, {"kind": "remote", "name": "*.Example.org"}, 1, nav="finish")
     domain = Domain.objects.get(server=server, name="*.example.org")
     assert response["Location"] == f"/domains/{domain.pk}/"
     assert domain.kind == "remote" and not domain.relay_allowed
 
 
-def test_it_refuses_a_wildcard_alias(client: Client, typical_site: dict[str, Any]) -> None:
+def test_it_refuses_a_wildcard_alias(admin_client: Client, typical_site: dict[str, Any]) -> None:
     configdoc.document_import(typical_site, author="test")
     server = VirtualServer.objects.get(name="InternalRelay")
     response = step(
-        client,
+        admin_client,
         f"/servers/{server.pk}/domains/new/",
         {"kind": "local", "name": "*.corp.test"},
         1,
