@@ -2,41 +2,93 @@
 
 The worker, the console's relay tester and the tests all run on what this module builds,
 so what the console previews cannot drift from what the worker enforces.
+
+Plain settings are copied by the layout (``mailadmin.layout``, which also generates the
+API serializers): a field of a config object takes the model field that the layout names
+under the same key of the matching section, so a new scalar setting reaches the worker
+with a layout line and a config field and no line here. What is not a plain copy (rows
+of other tables, sections, keys named differently, changes of unit) is written out
+below. ``mailadmin/tests/test_layout_reach.py`` proves that every layout leaf arrives.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import dataclasses
+from collections.abc import Iterable, Mapping
+from typing import Any, TypeVar
 
+from django.db import models
+
+from mailadmin.layout import DOMAIN_LAYOUT, OUTBOUND_SECURITY_LAYOUT, SERVER_LAYOUT, Layout
 from mailadmin.models import AccessList, Domain, SmtpUser, VirtualServer
 from smtpworker.core import config as wc
 from smtpworker.core.grammar import AccessEntry, parse_access_entry
+
+T = TypeVar("T")
+
+
+def _section(*keys: str, layout: Layout = SERVER_LAYOUT) -> Layout:
+    for key in keys:
+        section = layout[key]
+        assert isinstance(section, dict), f"{key!r} is a leaf of the layout, not a section"
+        layout = section
+    return layout
+
+
+def _build(
+    cls: type[T],
+    obj: models.Model,
+    layout: Layout,
+    keys: Mapping[str, tuple[str, ...]] | None = None,
+    **given: Any,
+) -> T:
+    """A config object: each field not ``given`` is a copy of the model field that
+    ``layout`` names under the field's name, or under the path ``keys`` gives for it (a
+    list becomes a tuple).
+
+    A field with no model field there (missing, a section, or an ``@name`` that the
+    services handle) raises TypeError: build it and pass it in ``given``.
+    """
+    values = dict(given)
+    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if field.name in values:
+            continue
+        target: Layout | str | None = layout
+        for key in (keys or {}).get(field.name, (field.name,)):
+            target = target.get(key) if isinstance(target, dict) else None
+        if not isinstance(target, str) or target.startswith("@"):
+            raise TypeError(
+                f"{cls.__name__}.{field.name}: no model field at that key of the layout; "
+                "build it in mailadmin.snapshot"
+            )
+        value = getattr(obj, target)
+        values[field.name] = tuple(value) if isinstance(value, list) else value
+    return cls(**values)
 
 
 def _kb(value: int | None) -> int | None:
     return None if value is None else value * 1024
 
 
+# The worker's OutboundSecurity is flat; the document nests the AUTH settings.
+_SECURITY_KEYS = {
+    "auth_method": ("auth", "method"),
+    "username": ("auth", "username"),
+    "password": ("auth", "password"),
+    "cleartext_auth": ("auth", "allow_cleartext"),
+}
+
+
 def _security(obj: VirtualServer | Domain) -> wc.OutboundSecurity:
-    return wc.OutboundSecurity(
-        tls=obj.outbound_tls,
-        auth_method=obj.outbound_auth_method,
-        username=obj.outbound_username,
-        password=obj.outbound_password,
-        tls_ca=obj.outbound_tls_ca,
-        cleartext_auth=obj.outbound_cleartext_auth,
-    )
+    return _build(wc.OutboundSecurity, obj, OUTBOUND_SECURITY_LAYOUT, _SECURITY_KEYS)
 
 
 def domain_config(domain: Domain) -> wc.DomainConfig:
-    return wc.DomainConfig(
-        name=domain.name,
-        kind=domain.kind,
-        default=domain.is_default,
-        relay_allowed=domain.relay_allowed,
-        smart_host=domain.smart_host,
-        forward_all_to_smart_host=domain.forward_all_to_smart_host,
-        use_helo=domain.use_helo,
+    return _build(
+        wc.DomainConfig,
+        domain,
+        DOMAIN_LAYOUT,
+        {"kind": ("type",)},
         security=_security(domain),
     )
 
@@ -48,77 +100,47 @@ def server_config(server: VirtualServer) -> wc.ServerConfig:
     def listed(kind: str) -> tuple[AccessEntry, ...]:
         return tuple(parse_access_entry(e.value) for e in entries if e.list == kind)
 
-    return wc.ServerConfig(
+    delivery = _section("delivery")
+    return _build(
+        wc.ServerConfig,
+        server,
+        SERVER_LAYOUT,
         id=server.pk,
-        name=server.name,
-        state=server.state,
-        node=server.node,
         bindings=tuple(b.as_grammar() for b in server.bindings.all()),
-        fqdn=server.fqdn,
-        home_directory=server.home_directory,
-        connection_limit=server.connection_limit,
-        connection_timeout=server.connection_timeout,
-        client_connection_limit=server.client_connection_limit,
-        logging=wc.LoggingConfig(
-            enabled=server.logging_enabled,
-            period=server.logging_period,
-            fields=tuple(server.logging_fields),
+        logging=_build(wc.LoggingConfig, server, _section("logging")),
+        auth=_build(wc.AuthConfig, server, _section("authentication")),
+        tls=_build(wc.TlsConfig, server, _section("tls")),
+        connection=_build(
+            wc.AccessPolicy,
+            server,
+            _section("connection_control"),
+            entries=listed(AccessList.CONNECTION),
         ),
-        auth=wc.AuthConfig(
-            anonymous=server.auth_anonymous,
-            basic=server.auth_basic,
-            basic_requires_tls=server.auth_basic_requires_tls,
-            basic_default_domain=server.auth_basic_default_domain,
-            integrated=server.auth_integrated,
-            cram_md5=server.auth_cram_md5,
-        ),
-        tls=wc.TlsConfig(
-            certificate=server.tls_certificate,
-            private_key=server.tls_private_key,
-            require=server.tls_require,
-        ),
-        connection=wc.AccessPolicy(
-            mode=server.connection_mode, entries=listed(AccessList.CONNECTION)
-        ),
-        relay=wc.RelayPolicy(
-            mode=server.relay_mode,
-            entries=listed(AccessList.RELAY),
-            allow_authenticated=server.relay_allow_authenticated,
-        ),
-        messages=wc.MessageLimits(
+        relay=_build(wc.RelayPolicy, server, _section("relay"), entries=listed(AccessList.RELAY)),
+        messages=_build(
+            wc.MessageLimits,
+            server,
+            _section("messages"),
             max_message_size=_kb(server.max_message_size_kb),
             max_session_size=_kb(server.max_session_size_kb),
-            max_messages_per_connection=server.max_messages_per_connection,
-            max_recipients_per_message=server.max_recipients_per_message,
-            ndr_copy_to=server.ndr_copy_to,
-            badmail_directory=server.badmail_directory,
         ),
-        delivery=wc.DeliveryConfig(
-            retry_minutes=tuple(server.retry_minutes),
-            delay_notification_minutes=server.delay_notification_minutes,
-            expiration_minutes=server.expiration_minutes,
-            local_delay_notification_minutes=server.local_delay_notification_minutes,
-            local_expiration_minutes=server.local_expiration_minutes,
-            max_hop_count=server.max_hop_count,
-            masquerade_domain=server.masquerade_domain,
-            smart_host=server.smart_host,
-            attempt_direct_first=server.attempt_direct_first,
-            reverse_dns_lookup=server.reverse_dns_lookup,
-            dns_servers=tuple(server.dns_servers),
-            outbound=wc.OutboundConfig(
-                port=server.outbound_port,
-                connection_limit=server.outbound_connection_limit,
-                per_domain_limit=server.outbound_per_domain_limit,
-                timeout=server.outbound_timeout,
+        delivery=_build(
+            wc.DeliveryConfig,
+            server,
+            delivery,
+            outbound=_build(
+                wc.OutboundConfig,
+                server,
+                _section("outbound", layout=delivery),
                 security=_security(server),
             ),
         ),
         domains=tuple(domain_config(d) for d in server.domains.all()),
         trusted_proxies=listed(AccessList.PROXY),
-        auth_brake=wc.AuthBrakeConfig(
-            enabled=server.auth_brake_enabled,
-            failures_before_delay=server.auth_failures_before_delay,
-            block_after_failures=server.auth_block_after_failures,
+        auth_brake=_build(
+            wc.AuthBrakeConfig,
+            server,
+            _section("authentication", "brake"),
             window_seconds=server.auth_failure_window_minutes * 60,
             block_seconds=server.auth_block_minutes * 60,
         ),
