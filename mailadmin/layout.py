@@ -4,7 +4,9 @@ One table per object: a document key maps to a model field name, a nested table 
 section such as ``authentication``), or a ``@name`` handled by the services (bindings,
 access lists, the default domain). The API serializers are generated from these tables and
 service errors are reported at the paths they give, so the API, the config document and
-the console speak one vocabulary.
+the console speak one vocabulary. ``mailadmin.snapshot`` copies the plain leaves into the
+worker's configuration by the same keys, and ``tests/test_layout_reach.py`` checks that
+every leaf reaches the worker, the document, the API schema and the console.
 """
 
 from __future__ import annotations
