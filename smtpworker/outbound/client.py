@@ -348,7 +348,13 @@ class Connection:
                 f"authentication (it offers: {' '.join(offered) or 'no AUTH'})"
             )
         self._stage = f"authenticating with {mechanism}"
-        client = MECHANISMS[mechanism](self.security.username, self._password)
+        try:
+            client = MECHANISMS[mechanism](self.security.username, self._password)
+        except ValueError as exc:  # SASLprep refused the name or password (RFC 4013)
+            raise SessionError(
+                f"4.7.0 AUTH {mechanism} with {self.peer}: the stored credentials cannot be "
+                f"sent ({exc})"
+            ) from exc
         code, reply = self._sasl(smtp, mechanism, client)
         if code != 235 or not client.complete():
             raise SessionError(

@@ -359,6 +359,18 @@ def test_integrated_auth_never_falls_back_to_a_clear_text_password() -> None:
         assert sink.messages == []
 
 
+def test_a_password_scram_cannot_prepare_is_a_temporary_failure_not_a_crash() -> None:
+    # SASLprep (RFC 4013) refuses control characters: the session must end as any other
+    # AUTH failure (4.7.0, retried later), not raise out of the pool into the task.
+    with Sink(tls=True, auth=("relay", "pw"), auth_mechanisms=("SCRAM-SHA-256",)) as sink:
+        security = {"auth_method": "integrated", "username": "relay"}
+        result = send(sink, security=security, password="p\x07w")
+        assert codes(result) == [421]
+        assert result.connect_error is not None
+        assert result.connect_error.startswith("4.7.0 AUTH SCRAM-SHA-256")
+        assert sink.messages == []
+
+
 # --- connection reuse --------------------------------------------------------------------
 
 
