@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 import redis
 from django.contrib.auth.models import Group, User
+from django.core.management import call_command
 from rest_framework.test import APIClient
 
 from mailadmin import configdoc
 from mailadmin.celery import app as celery_app
-from mailadmin.models import (
-    VirtualServer,
-)
+from mailadmin.models import VirtualServer
+from mailadmin.tests.stack import Stack
 from smtpworker.core.contract import RELAY_BATCH_TASK, delivery_queue
 from smtpworker.tests.sink import Sink
 
@@ -75,6 +75,24 @@ def corp(site: dict[str, VirtualServer]) -> VirtualServer:
     return site["CorpServer"]
 
 
+@pytest.fixture(scope="session")
+def schema(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The API's OpenAPI document as `manage.py spectacular` writes it: --fail-on-warn turns
+    every drf-spectacular warning or error into a failure, and --validate checks the result
+    against the OpenAPI 3 JSON schema."""
+    target = tmp_path_factory.mktemp("schema") / "openapi.json"
+    call_command(
+        "spectacular",
+        "--validate",
+        "--fail-on-warn",
+        "--format",
+        "openapi-json",
+        "--file",
+        str(target),
+    )
+    return dict(json.loads(target.read_text()))
+
+
 @pytest.fixture
 def mailroot(settings: Any, tmp_path: Path) -> Path:
     """A private mail root, and a delivery schedule whose "minute" is 10 ms."""
@@ -128,3 +146,14 @@ def enqueued(test_redis: str) -> Iterator[Callable[[], list[str]]]:
     yield sent
     broker.delete(queue)
     broker.close()
+
+
+@pytest.fixture
+def stack(test_redis: str, tmp_path: Path, settings: Any) -> Iterator[Stack]:
+    """The product's processes as `make run` starts them, on the test database and
+    ``test_redis`` with a private mail root: a test starts those it needs
+    (``stack.smtp()``, ``stack.worker()``, ``stack.beat()``); all are stopped after it."""
+    settings.MAILADMIN_MAILROOT = tmp_path / "mailroot"
+    running = Stack(redis_url=test_redis, mailroot=tmp_path / "mailroot", log_dir=tmp_path)
+    yield running
+    running.stop()

@@ -6,11 +6,17 @@ through the real API, services, spool and database, as a user or the SMTP worker
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
 import re
 import smtplib
+import sys
 import time
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
+import pytest
 from django import forms
 from django.contrib.auth.models import User
 from django.test import Client
@@ -33,6 +39,8 @@ from mailadmin.services.delivery.runs import message_deliver
 from smtpworker.core.spool import Envelope, new_queue_id
 from smtpworker.tests.factories import free_port
 from smtpworker.tests.sink import Sink
+
+ROOT = Path(__file__).resolve().parents[2]
 
 # --- configuration ---------------------------------------------------------------------
 
@@ -233,3 +241,17 @@ def error_beside(html: str, field: str) -> str:
     match = re.search(rf'<p class="field-error" id="id_{field}-error">(.*?)</p>', html, re.S)
     assert match, f"no error beside {field}"
     return match[1]
+
+
+# --- bin/run -----------------------------------------------------------------------------
+
+
+def load_bin_run(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """``make run``'s script bin/run (no .py) loaded as the module ``bin_run`` for one test."""
+    loader = importlib.machinery.SourceFileLoader("bin_run", str(ROOT / "bin" / "run"))
+    spec = importlib.util.spec_from_loader("bin_run", loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bin_run", module)  # its dataclasses look themselves up
+    loader.exec_module(module)
+    return module

@@ -12,8 +12,6 @@ import functools
 import json
 import threading
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,14 +26,6 @@ from mailadmin.tests.stack import Stack, until
 from smtpworker.tests.sink import Sink
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def stack(test_redis: str, tmp_path: Path, settings: Any) -> Iterator[Stack]:
-    settings.MAILADMIN_MAILROOT = tmp_path / "mailroot"
-    running = Stack(redis_url=test_redis, mailroot=tmp_path / "mailroot", log_dir=tmp_path)
-    yield running
-    running.stop()
 
 
 def all_done(acked: list[str]) -> bool:

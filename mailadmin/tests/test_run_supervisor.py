@@ -3,8 +3,6 @@ up on one that keeps dying right after its start. Real child processes."""
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import sys
 import threading
 import time
@@ -15,19 +13,13 @@ from typing import Any
 
 import pytest
 
+from mailadmin.tests.factories import load_bin_run
 from mailadmin.tests.stack import until
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
 def run_module(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
-    loader = importlib.machinery.SourceFileLoader("bin_run", str(ROOT / "bin" / "run"))
-    spec = importlib.util.spec_from_loader("bin_run", loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "bin_run", module)  # dataclasses look themselves up
-    loader.exec_module(module)
+    module = load_bin_run(monkeypatch)
     # Seconds instead of the production timings, so the test takes one or two.
     monkeypatch.setattr(module, "RESTART_DELAY", 0.05)
     monkeypatch.setattr(module, "MIN_UPTIME", 2.0)

@@ -125,6 +125,11 @@ def latest() -> int:
     return ConfigSnapshot.objects.latest().pk
 
 
+def server_named(api: APIClient, name: str) -> int:
+    """The id of the server called ``name``, as the API lists it."""
+    return next(s["id"] for s in api.get("/api/v1/servers/").json()["results"] if s["name"] == name)
+
+
 def smtp(address: tuple[str, int], source: str = "127.0.0.1") -> smtplib.SMTP:
     client = smtplib.SMTP(timeout=10, source_address=(source, 0))
     client.connect(*address)
@@ -168,11 +173,7 @@ def test_a_change_reaches_new_sessions_within_a_second(
 ) -> None:
     worker.start()
     worker.wait_applied(latest())
-    server_id = next(
-        s["id"]
-        for s in api.get("/api/v1/servers/").json()["results"]
-        if s["name"] == "InternetRelay"
-    )
+    server_id = server_named(api, "InternetRelay")
     old = smtp(site["InternetRelay"])
     with django_capture_on_commit_callbacks(execute=True):
         response = api.patch(
@@ -201,9 +202,7 @@ def test_pause_stop_and_start_from_the_api(
 ) -> None:
     worker.start()
     worker.wait_applied(latest())
-    server_id = next(
-        s["id"] for s in api.get("/api/v1/servers/").json()["results"] if s["name"] == "CorpServer"
-    )
+    server_id = server_named(api, "CorpServer")
     address = site["CorpServer"]
     open_session = smtp(address)
     with django_capture_on_commit_callbacks(execute=True):
@@ -239,11 +238,7 @@ def test_a_failed_bind_shows_as_that_servers_error(
     blocker.bind(("127.0.0.3", 0))
     blocker.listen()
     taken = blocker.getsockname()[1]
-    server_id = next(
-        s["id"]
-        for s in api.get("/api/v1/servers/").json()["results"]
-        if s["name"] == "InternetRelay"
-    )
+    server_id = server_named(api, "InternetRelay")
     with django_capture_on_commit_callbacks(execute=True):
         api.patch(
             f"/api/v1/servers/{server_id}/", {"bindings": [f"127.0.0.3:{taken}"]}, format="json"

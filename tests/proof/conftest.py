@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import Group, User
 
-from mailadmin.tests.conftest import test_redis  # noqa: F401 (a fixture, shared here)
+# Fixtures of the web side's tests, shared here (admin_user is this suite's own, below).
+from mailadmin.tests.conftest import api, mailroot, stack, test_redis  # noqa: F401
 from smtpworker.core.config import ServerConfig, UserConfig
 from smtpworker.core.spool import Envelope, Spool
 from smtpworker.tests.conftest import redis_url  # noqa: F401 (a fixture, shared here)

@@ -24,13 +24,6 @@ pytestmark = pytest.mark.django_db
 SHARED = "127.0.0.2:2525"
 
 
-@pytest.fixture
-def api(admin_user: User) -> APIClient:
-    client = APIClient()
-    client.force_login(admin_user)
-    return client
-
-
 def corp(api: APIClient) -> dict[str, Any]:
     """The running server 'Corp', holding the binding the others' tests reach for."""
     return make_server(api, name="Corp", default_domain="corp.test", bindings=[SHARED])

@@ -30,25 +30,10 @@ from smtpworker.tests.dnsserver import DnsServer
 from smtpworker.tests.mitm import Mitm
 from smtpworker.tests.sink import Sink
 
-pytestmark = [pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("mailroot")]
 
 USER, PASSWORD = "relayuser", "smart-host-pw-7c41"
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
-
-@pytest.fixture
-def api(admin_user: User) -> APIClient:
-    client = APIClient()
-    client.force_login(admin_user)
-    return client
-
-
-@pytest.fixture(autouse=True)
-def mailroot(settings: Any, tmp_path: Path) -> Path:
-    settings.MAILADMIN_MAILROOT = tmp_path / "mailroot"
-    settings.MAILADMIN_DELIVERY_MINUTE = 0.01
-    settings.MAILADMIN_OUTBOUND_TIMEOUT_CAP = 3
-    return Path(settings.MAILADMIN_MAILROOT)
 
 
 @pytest.fixture

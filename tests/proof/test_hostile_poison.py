@@ -232,14 +232,6 @@ def test_an_outcome_the_database_refuses_is_recorded_plainly_and_holds_nothing(
 # --- end to end: 200 good and 10 poisoned messages over 8 sessions ------------------------
 
 
-@pytest.fixture
-def stack(test_redis: str, tmp_path: Path, settings: Any) -> Iterator[Stack]:
-    settings.MAILADMIN_MAILROOT = tmp_path / "mailroot"
-    running = Stack(redis_url=test_redis, mailroot=tmp_path / "mailroot", log_dir=tmp_path)
-    yield running
-    running.stop()
-
-
 def _session(address: tuple[str, int], messages: list[tuple[str, bytes]]) -> dict[str, str]:
     """One SMTP session sending ``messages`` (tag, data); the queue id of each tag."""
     acked = {}

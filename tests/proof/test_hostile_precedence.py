@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import User
 from rest_framework.test import APIClient
 
 from smtpworker.core.config import DomainConfig, domain_entry
@@ -208,13 +207,6 @@ def test_the_table_over_smtp(live: LiveNode, entries: list[Entry], cases: list[C
 
 
 # --- the API's check-relay (the console's relay tester) --------------------------------------
-
-
-@pytest.fixture
-def api(admin_user: User) -> APIClient:
-    client = APIClient()
-    client.force_login(admin_user)
-    return client
 
 
 def api_server(api: APIClient, entries: list[Entry]) -> int:

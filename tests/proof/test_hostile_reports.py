@@ -18,11 +18,9 @@ import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
-from pathlib import Path
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import User
 from rest_framework.test import APIClient
 
 from smtpworker.outbound import dsn
@@ -180,21 +178,6 @@ def test_an_unusual_mx_name_makes_a_report(name: str) -> None:
     [block] = list(list(msg.iter_parts())[1].iter_parts())[1:]
     remote = block["Remote-MTA"].replace(" ", "")
     assert remote == f"dns;{host}"
-
-
-@pytest.fixture
-def api(admin_user: User) -> APIClient:
-    client = APIClient()
-    client.force_login(admin_user)
-    return client
-
-
-@pytest.fixture
-def mailroot(settings: Any, tmp_path: Path) -> Path:
-    settings.MAILADMIN_MAILROOT = tmp_path / "mailroot"
-    settings.MAILADMIN_DELIVERY_MINUTE = 0.01
-    settings.MAILADMIN_OUTBOUND_TIMEOUT_CAP = 3
-    return Path(settings.MAILADMIN_MAILROOT)
 
 
 @pytest.fixture(params=[False, True], ids=["plain", "starttls"])

@@ -9,8 +9,6 @@ Celery, the SMTP worker, ``bin/run`` with its private Redis), no mocks.
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import os
 import re
 import signal
@@ -34,7 +32,7 @@ from rest_framework.test import APIClient
 from mailadmin.checks import check_keys, check_sealed_secrets
 from mailadmin.models import ConfigSnapshot, VirtualServer
 from mailadmin.services.config.secrets import secret_open
-from mailadmin.tests.factories import make_server
+from mailadmin.tests.factories import load_bin_run, make_server
 from mailadmin.tests.stack import database_url, until
 from smtpworker.core.contract import PUBLIC_DEVELOPMENT_KEY
 from smtpworker.core.secretbox import SecretBox
@@ -141,12 +139,7 @@ def test_the_key_checks_name_each_setting(settings: Any) -> None:
 
 @pytest.fixture
 def bin_run(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
-    loader = importlib.machinery.SourceFileLoader("bin_run", str(ROOT / "bin" / "run"))
-    spec = importlib.util.spec_from_loader("bin_run", loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "bin_run", module)
-    loader.exec_module(module)
+    module = load_bin_run(monkeypatch)
     for name in KEY_NAMES:
         monkeypatch.delenv(name, raising=False)
         monkeypatch.delenv(f"{name}_FILE", raising=False)

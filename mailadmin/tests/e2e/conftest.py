@@ -10,22 +10,17 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
-from django.utils import timezone
 from rest_framework.test import APIClient
 
-from mailadmin.models import Message
-from mailadmin.tests.factories import spool
+from mailadmin.tests.e2e.factories import ADMIN_PASSWORD, ARTIFACTS
 from smtpworker.tests.sink import Sink
 
 CHROMIUM = "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).resolve().parents[3] / "test-artifacts"
-ADMIN_PASSWORD = "e2e-admin-password"
 
 
 @pytest.hookimpl(trylast=True)
@@ -109,12 +104,6 @@ def e2e_admin(transactional_db: None) -> User:
 
 # --- a relay with mail in its queue, for the queue and tracking pages ----------------------
 
-BODY = (
-    "From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\n"
-    "Message-ID: <{n}@corp.example.com>\r\nDate: Mon, 1 Dec 2025 09:00:00 +0000\r\n"
-    "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nHello.\r\n"
-)
-
 
 @pytest.fixture
 def corp_relay(e2e_admin: User, sink: Sink, settings: Any, tmp_path: Path) -> tuple[APIClient, int]:
@@ -136,15 +125,3 @@ def corp_relay(e2e_admin: User, sink: Sink, settings: Any, tmp_path: Path) -> tu
     )
     assert response.status_code == 201, response.content
     return api, int(response.json()["id"])
-
-
-def spool_mail(n: int, sender: str, to: str, subject: str) -> str:
-    """Queue message number ``n`` on CorpRelay, as received over SMTP; its queue id."""
-    data = BODY.format(sender=sender, to=to, subject=subject, n=n).encode()
-    return spool(sender, to, data=data, server="CorpRelay")
-
-
-def received_ago(queue_id: str, minutes: int, **fields: Any) -> None:
-    """Date the message's arrival back (and set other recorded fields)."""
-    received = timezone.now() - timedelta(minutes=minutes)
-    Message.objects.filter(queue_id=queue_id).update(received_at=received, **fields)

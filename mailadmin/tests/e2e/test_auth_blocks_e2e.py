@@ -12,7 +12,7 @@ from django.contrib.auth.models import User
 from playwright.sync_api import Page, expect
 
 from mailadmin.services.config import servers as server_services
-from mailadmin.tests.e2e.test_console_screens import log_in, shot
+from mailadmin.tests.e2e.factories import log_in, shot
 from smtpworker.core.config import AuthBrakeConfig
 from smtpworker.core.grammar import parse_binding
 from smtpworker.inbound.authbrake import AuthBrake

@@ -15,7 +15,7 @@ import pytest
 from playwright.sync_api import Page, expect
 from rest_framework.test import APIClient
 
-from mailadmin.tests.e2e.conftest import ADMIN_PASSWORD, received_ago, spool_mail
+from mailadmin.tests.e2e.factories import ADMIN_PASSWORD, received_ago, spool_mail
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

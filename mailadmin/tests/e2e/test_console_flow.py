@@ -14,18 +14,8 @@ from mailadmin import configdoc
 from mailadmin.models import ConfigSnapshot, VirtualServer
 from mailadmin.services.config.servers import server_set_state
 from mailadmin.services.config.users import user_create
-from mailadmin.tests.e2e.conftest import ADMIN_PASSWORD
+from mailadmin.tests.e2e.factories import log_in
 from mailadmin.tests.stack import Stack
-
-
-def log_in(page: Page, base: str) -> None:
-    page.goto(f"{base}/")
-    expect(page).to_have_url(f"{base}/accounts/login/?next=/")
-    page.get_by_label("User name").fill("admin")
-    page.get_by_label("Password").fill(ADMIN_PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    expect(page.get_by_role("tree", name="Console tree")).to_be_visible()
-    page.wait_for_load_state()  # the console's script modules have run
 
 
 def new_server(page: Page, name: str, ip: str, domain: str) -> None:

@@ -24,23 +24,8 @@ from mailadmin import configdoc
 from mailadmin.models import VirtualServer
 from mailadmin.services.config import servers as server_services
 from mailadmin.services.config.versions import current_version
-from mailadmin.tests.e2e.conftest import ADMIN_PASSWORD, ARTIFACTS
+from mailadmin.tests.e2e.factories import SCREENS, dark_context, log_in, narrow_context, shot
 from smtpworker.core import contract
-
-SCREENS = ARTIFACTS / "screens"
-
-
-def log_in(page: Page, base: str) -> None:
-    page.goto(f"{base}/")
-    page.get_by_label("User name").fill("admin")
-    page.get_by_label("Password").fill(ADMIN_PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    expect(page.get_by_role("tree", name="Console tree")).to_be_visible()
-
-
-def shot(page: Page, name: str) -> None:
-    SCREENS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENS / f"{name}.png"))
 
 
 def fake_worker(servers: list[VirtualServer]) -> None:
@@ -168,9 +153,7 @@ def test_it_keeps_screenshots_of_the_main_pages(
     page.goto(f"{base}/users/")
     shot(page, "13-users")
 
-    narrow = browser.new_context(
-        viewport={"width": 390, "height": 844}, storage_state=page.context.storage_state()
-    )
+    narrow = narrow_context(browser, page)
     phone = narrow.new_page()
     phone.goto(f"{base}/")
     shot(phone, "20-narrow-machine")
@@ -181,11 +164,7 @@ def test_it_keeps_screenshots_of_the_main_pages(
     shot(phone, "22-narrow-access")
     narrow.close()
 
-    dark = browser.new_context(
-        viewport={"width": 1280, "height": 800},
-        color_scheme="dark",
-        storage_state=page.context.storage_state(),
-    )
+    dark = dark_context(browser, page)
     night = dark.new_page()
     night.goto(f"{base}/dashboard/")
     shot(night, "30-dark-dashboard")

@@ -20,8 +20,14 @@ from rest_framework.test import APIClient
 
 from mailadmin.models import Message, MessageState
 from mailadmin.services.delivery.traffic import traffic_add, traffic_add_rejected
-from mailadmin.tests.e2e.conftest import received_ago, spool_mail
-from mailadmin.tests.e2e.test_console_screens import log_in, shot
+from mailadmin.tests.e2e.factories import (
+    dark_context,
+    log_in,
+    narrow_context,
+    received_ago,
+    shot,
+    spool_mail,
+)
 from mailadmin.tests.factories import run
 from smtpworker.tests.factories import free_port
 from smtpworker.tests.sink import Sink
@@ -141,9 +147,7 @@ def test_suspend_and_delete_a_queued_message(
     expect(page.get_by_role("rowheader", name="Message-ID")).to_be_visible()
     shot(page, "41-message")
 
-    narrow = browser.new_context(
-        viewport={"width": 390, "height": 844}, storage_state=page.context.storage_state()
-    )
+    narrow = narrow_context(browser, page)
     phone = narrow.new_page()
     phone.goto(f"{base}/queues/messages/")
     expect(phone.get_by_role("link", name="Contract draft v3")).to_be_visible()
@@ -179,11 +183,7 @@ def test_the_dashboard_draws_the_traffic(
     page.locator("#main").evaluate("main => main.scrollBy(0, 520)")
     shot(page, "45-dashboard-queue-shape")
 
-    dark = browser.new_context(
-        viewport={"width": 1280, "height": 800},
-        color_scheme="dark",
-        storage_state=page.context.storage_state(),
-    )
+    dark = dark_context(browser, page)
     night = dark.new_page()
     night.goto(f"{base}/dashboard/")
     expect(night.get_by_role("figure", name="Last hour").locator("canvas")).to_be_visible()

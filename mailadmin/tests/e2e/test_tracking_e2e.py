@@ -15,8 +15,7 @@ from django.utils import timezone
 from playwright.sync_api import Browser, Page, expect
 from rest_framework.test import APIClient
 
-from mailadmin.tests.e2e.conftest import received_ago, spool_mail
-from mailadmin.tests.e2e.test_console_screens import log_in, shot
+from mailadmin.tests.e2e.factories import log_in, narrow_context, received_ago, shot, spool_mail
 from mailadmin.tests.factories import run
 from smtpworker.tests.sink import Sink
 
@@ -102,9 +101,7 @@ def test_search_then_follow_a_message_from_arrival_to_delivery(
     expect(page.get_by_role("heading", name="Payroll batch 2025-12", level=1)).to_be_visible()
     expect(page.get_by_role("heading", name="Delivery attempts (1)")).to_be_visible()
 
-    narrow = browser.new_context(
-        viewport={"width": 390, "height": 844}, storage_state=page.context.storage_state()
-    )
+    narrow = narrow_context(browser, page)
     phone = narrow.new_page()
     phone.goto(f"{base}/tracking/{tracked['Quarterly numbers']}/")
     expect(phone.get_by_role("heading", name="Attempt 3: Delivered")).to_be_attached()
