@@ -29,6 +29,8 @@ pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("mailroot")]
 
 @pytest.fixture
 def sink() -> Iterator[Sink]:
+    # Kept beside conftest's sink on purpose: this module's pages need mail that stays in
+    # the queue, and overriding `sink` makes every fixture built on it defer too.
     with Sink() as server:
         server.mode = "451"
         yield server

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from typing import Any
 
@@ -394,17 +395,17 @@ def pooled(pool: ConnectionPool, sink: Sink, **kw: Any) -> Connection:
     )
 
 
+def pooled_connection(pool: ConnectionPool, sink: Sink) -> AbstractContextManager[Connection]:
+    """:meth:`ConnectionPool.connection` to ``sink``: a pooled connection, released after."""
+    return pool.connection(
+        target(sink), helo_name=HELO, use_helo=False, security=NO_SECURITY, password="", timeout=5.0
+    )
+
+
 def test_two_messages_share_one_pooled_connection(sink: Sink, make_pool: PoolFactory) -> None:
     pool = make_pool()
     for recipient in ("b@example.test", "c@example.test"):
-        with pool.connection(
-            target(sink),
-            helo_name=HELO,
-            use_helo=False,
-            security=NO_SECURITY,
-            password="",
-            timeout=5.0,
-        ) as conn:
+        with pooled_connection(pool, sink) as conn:
             assert codes(conn.send("a@example.org", [recipient], MESSAGE)) == [250]
     pool.close_all()
     first, second = sink.wait_for(2)
@@ -493,14 +494,7 @@ def test_the_pool_is_thread_safe(sink: Sink, make_pool: PoolFactory) -> None:
 
     def worker(n: int) -> None:
         for i in range(5):
-            with pool.connection(
-                target(sink),
-                helo_name=HELO,
-                use_helo=False,
-                security=NO_SECURITY,
-                password="",
-                timeout=5.0,
-            ) as conn:
+            with pooled_connection(pool, sink) as conn:
                 result = conn.send("a@example.org", [f"u{n}.{i}@example.test"], MESSAGE)
                 if codes(result) != [250]:
                     failures.append(result)
