@@ -25,7 +25,6 @@ from typing import Any
 import pytest
 import trustme
 from django import forms
-from django.contrib.auth.models import User
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from rest_framework.test import APIClient
@@ -249,13 +248,6 @@ def opened(server: ServerConfig) -> dict[str, Any]:
     return data
 
 
-@pytest.fixture
-def client(admin_user: User) -> Client:
-    client = Client()
-    client.force_login(admin_user)
-    return client
-
-
 def patch_server(api: APIClient, server_id: int, values: dict[Path, Any]) -> dict[str, Any]:
     response = api.patch(f"/api/v1/servers/{server_id}/", nest(values), format="json")
     assert response.status_code == 200, response.content
@@ -453,13 +445,13 @@ def test_every_server_leaf_is_a_field_of_the_sheet(path: Path) -> None:
 
 @pytest.mark.parametrize("path", DOMAIN_PATHS, ids=ids)
 def test_every_domain_leaf_is_a_field_of_a_domain_page(
-    path: Path, client: Client, api: APIClient
+    path: Path, admin_client: Client, api: APIClient
 ) -> None:
     if ("domain", path) in NOT_ON_SHEET:
         return
     server = make_server(api, name="Base")
     domain = remote_domain(api, server["id"])
-    page = client.get(f"/domains/{domain['id']}/")
+    page = admin_client.get(f"/domains/{domain['id']}/")
     assert page.status_code == 200
     name = DOMAIN_PATH_FIELDS[path]
     assert name in page.context["form"].fields, f"the domain page has no field for {ids(path)}"
@@ -483,9 +475,9 @@ def form_data(form: forms.Form) -> dict[str, Any]:
 
 
 @pytest.mark.django_db
-def test_the_sheet_shows_and_saves_every_server_leaf(api: APIClient, client: Client) -> None:
+def test_the_sheet_shows_and_saves_every_server_leaf(api: APIClient, admin_client: Client) -> None:
     walked = walked_server(api)
-    page = client.get(f"/servers/{walked['id']}/properties/")
+    page = admin_client.get(f"/servers/{walked['id']}/properties/")
     assert page.status_code == 200
     html = page.content.decode()
     sheet: dict[str, Any] = {"tab": [t["name"] for t in page.context["tabs"]]}
@@ -514,7 +506,7 @@ def test_the_sheet_shows_and_saves_every_server_leaf(api: APIClient, client: Cli
             sheet[name] = SimpleUploadedFile(f"{name}.pem", SERVER_LEAVES[path].sample.encode())
         elif isinstance(widget, forms.PasswordInput):
             sheet[name] = SERVER_LEAVES[path].sample
-    response = client.post(f"/servers/{fresh['id']}/properties/", {**sheet, "action": "ok"})
+    response = admin_client.post(f"/servers/{fresh['id']}/properties/", {**sheet, "action": "ok"})
     assert response.status_code == 302, response.content.decode()[:3000]
     assert opened(worker_server("Walked")) == before
     assert configdoc.document_export()["servers"] == exported
