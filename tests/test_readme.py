@@ -12,6 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
+CONTRIBUTING = ROOT / "CONTRIBUTING.md"
 
 _CITATION = re.compile(r"`((?:[\w./-]+\.py)?)::(\w+)(?:\[[^\]`]*\])?`")
 _FILE = re.compile(r"`([\w./-]+\.py)`")
@@ -32,6 +33,7 @@ def test_every_cited_test_exists() -> None:
     text = README.read_text()
     cited = citations(text)
     assert len(cited) >= 40, "the Security section cites its tests"
+    cited += citations(CONTRIBUTING.read_text())
     missing = []
     for path, name in cited:
         source = ROOT / path
@@ -39,7 +41,9 @@ def test_every_cited_test_exists() -> None:
             missing.append(f"{path}::{name} (no such file)")
         elif not re.search(rf"^\s*(async )?def {name}\(", source.read_text(), re.M):
             missing.append(f"{path}::{name}")
-    assert not missing, "README cites tests that do not exist:\n" + "\n".join(missing)
+    assert not missing, "README or CONTRIBUTING cites tests that do not exist:\n" + "\n".join(
+        missing
+    )
 
 
 def test_every_cited_test_file_exists() -> None:
@@ -57,3 +61,20 @@ def test_a_citation_without_a_file_takes_the_last_one() -> None:
         ("a/tests/x.py", "test_two"),
         ("b/tests/y.py", "test_three"),
     ]
+
+
+_PATH = re.compile(r"`([\w./-]+/[\w.-]+\.(?:py|html|json|toml|md))`")
+
+
+def test_every_file_the_docs_name_exists() -> None:
+    # The docs say where things are; a move must take them along. A path may be written
+    # from the root or from inside one of the two packages (`inbound/handler.py`).
+    for doc in (README, CONTRIBUTING):
+        named = set(_PATH.findall(doc.read_text()))
+        assert named, doc.name
+        missing = [
+            path
+            for path in sorted(named)
+            if not any((ROOT / base / path).exists() for base in ("", "smtpworker", "mailadmin"))
+        ]
+        assert not missing, f"{doc.name} names files that do not exist: {missing}"
