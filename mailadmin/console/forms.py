@@ -193,6 +193,24 @@ def list_values(server: VirtualServer, name: str) -> list[str]:
     return list(getattr(server, name))
 
 
+def outbound_auth_fields() -> tuple[forms.ChoiceField, forms.CharField, forms.CharField]:
+    """The authentication method, user name and password (write-only: empty keeps the
+    stored one), as the Outbound Security dialog and a remote domain's sheet show them."""
+    return (
+        forms.ChoiceField(
+            label="Authentication", choices=OutboundAuth.choices, widget=forms.RadioSelect
+        ),
+        forms.CharField(label="User name", required=False),
+        forms.CharField(
+            label="Password",
+            required=False,
+            strip=False,
+            widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
+            help_text="Leave empty to keep the stored password.",
+        ),
+    )
+
+
 def outbound_tls_fields() -> tuple[forms.ChoiceField, forms.CharField, forms.BooleanField]:
     """The TLS level, the CA certificates it verifies with, and the clear text AUTH box,
     as the Outbound Security dialog and a remote domain's sheet show them."""
@@ -434,17 +452,7 @@ class DeliveryForm(SheetForm):
         "Delay notification"
     )
     local_expiration_minutes, local_expiration_minutes_unit = _duration("Expiration timeout")
-    outbound_auth_method = forms.ChoiceField(
-        label="Authentication", choices=OutboundAuth.choices, widget=forms.RadioSelect
-    )
-    outbound_username = forms.CharField(label="User name", required=False)
-    outbound_password = forms.CharField(
-        label="Password",
-        required=False,
-        strip=False,
-        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
-        help_text="Leave empty to keep the stored password.",
-    )
+    outbound_auth_method, outbound_username, outbound_password = outbound_auth_fields()
     outbound_tls, outbound_tls_ca, outbound_cleartext_auth = outbound_tls_fields()
     outbound_connection_limit_on, outbound_connection_limit = _limit(
         "Limit number of connections to"
@@ -590,17 +598,7 @@ class RemoteDomainForm(forms.Form):
     smart_host = forms.CharField(
         label="Smart host", required=False, help_text="[10.0.0.2] for an address, or a host name."
     )
-    outbound_auth_method = forms.ChoiceField(
-        label="Authentication", choices=OutboundAuth.choices, widget=forms.RadioSelect
-    )
-    outbound_username = forms.CharField(label="User name", required=False)
-    outbound_password = forms.CharField(
-        label="Password",
-        required=False,
-        strip=False,
-        widget=forms.PasswordInput(attrs={"autocomplete": "new-password"}),
-        help_text="Leave empty to keep the stored password.",
-    )
+    outbound_auth_method, outbound_username, outbound_password = outbound_auth_fields()
     outbound_tls, outbound_tls_ca, outbound_cleartext_auth = outbound_tls_fields()
     FIELDS = (
         "name",
