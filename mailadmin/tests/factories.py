@@ -206,12 +206,13 @@ def send(address: tuple[str, int], count: int, tag: str) -> list[str]:
 # --- the console's Properties sheet ----------------------------------------------------
 
 
-def form_data(form: SheetForm) -> dict[str, Any]:
-    """What a browser posts for this tab as shown (unchanged)."""
-    data: dict[str, Any] = {"tab": form.tab}
+def form_data(form: forms.Form) -> dict[str, Any]:
+    """What a browser posts for this form as shown (unchanged): file inputs stay empty and
+    a password box shows nothing; a sheet tab's form also names its tab."""
+    data: dict[str, Any] = {"tab": form.tab} if isinstance(form, SheetForm) else {}
     for name, field in form.fields.items():
         value = form[name].value()
-        if value is None or getattr(field.widget, "input_type", "") == "file":
+        if value is None or isinstance(field.widget, forms.FileInput | forms.PasswordInput):
             continue
         if isinstance(field.widget, forms.CheckboxInput):
             if value:

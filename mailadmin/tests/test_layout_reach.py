@@ -34,7 +34,7 @@ from mailadmin.console.forms import DOMAIN_PATH_FIELDS, SHEET_PATH_FIELDS, SHEET
 from mailadmin.layout import DOMAIN_LAYOUT, SECRET_FIELDS, SERVER_LAYOUT, Layout, walk
 from mailadmin.models import Domain, VirtualServer
 from mailadmin.services.config.secrets import secret_open
-from mailadmin.tests.factories import make_server
+from mailadmin.tests.factories import form_data, make_server
 from smtpworker.core.config import DomainConfig, ServerConfig, dump_site, load_site, to_data
 
 Path = tuple[str, ...]
@@ -458,22 +458,6 @@ def test_every_domain_leaf_is_a_field_of_a_domain_page(
     assert f'name="{name}"' in page.content.decode(), f"the page does not show {name}"
 
 
-def form_data(form: forms.Form) -> dict[str, Any]:
-    """What a browser posts for a tab as shown (unchanged): file inputs stay empty and a
-    password box shows nothing."""
-    data: dict[str, Any] = {}
-    for name, field in form.fields.items():
-        value = form[name].value()
-        if value is None or isinstance(field.widget, forms.FileInput | forms.PasswordInput):
-            continue
-        if isinstance(field.widget, forms.CheckboxInput):
-            if value:
-                data[name] = "on"
-        else:
-            data[name] = value
-    return data
-
-
 @pytest.mark.django_db
 def test_the_sheet_shows_and_saves_every_server_leaf(api: APIClient, admin_client: Client) -> None:
     walked = walked_server(api)
@@ -482,7 +466,9 @@ def test_the_sheet_shows_and_saves_every_server_leaf(api: APIClient, admin_clien
     html = page.content.decode()
     sheet: dict[str, Any] = {"tab": [t["name"] for t in page.context["tabs"]]}
     for tab in page.context["tabs"]:
-        sheet.update(form_data(tab["form"]))
+        shown = form_data(tab["form"])
+        del shown["tab"]  # the sheet posts every tab at once: "tab" is their list
+        sheet.update(shown)
     for path in SERVER_PATHS:
         if ("server", path) not in NOT_ON_SHEET:
             sheet_field(path)
