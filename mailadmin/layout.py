@@ -16,6 +16,18 @@ from typing import Union
 
 Layout = dict[str, Union[str, "Layout"]]
 
+# How a server reaches remote hosts; a remote domain may override it (DOMAIN_LAYOUT).
+OUTBOUND_SECURITY_LAYOUT: Layout = {
+    "tls": "outbound_tls",
+    "tls_ca": "outbound_tls_ca",
+    "auth": {
+        "method": "outbound_auth_method",
+        "username": "outbound_username",
+        "password": "outbound_password",
+        "allow_cleartext": "outbound_cleartext_auth",
+    },
+}
+
 SERVER_LAYOUT: Layout = {
     "name": "name",
     "description": "description",
@@ -86,26 +98,8 @@ SERVER_LAYOUT: Layout = {
             "connection_limit": "outbound_connection_limit",
             "per_domain_limit": "outbound_per_domain_limit",
             "timeout": "outbound_timeout",
-            "tls": "outbound_tls",
-            "tls_ca": "outbound_tls_ca",
-            "auth": {
-                "method": "outbound_auth_method",
-                "username": "outbound_username",
-                "password": "outbound_password",
-                "allow_cleartext": "outbound_cleartext_auth",
-            },
+            **OUTBOUND_SECURITY_LAYOUT,
         },
-    },
-}
-
-OUTBOUND_SECURITY_LAYOUT: Layout = {
-    "tls": "outbound_tls",
-    "tls_ca": "outbound_tls_ca",
-    "auth": {
-        "method": "outbound_auth_method",
-        "username": "outbound_username",
-        "password": "outbound_password",
-        "allow_cleartext": "outbound_cleartext_auth",
     },
 }
 

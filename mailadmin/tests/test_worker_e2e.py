@@ -95,10 +95,15 @@ class Worker:
 
 
 @pytest.fixture
-def worker(test_redis: str, tmp_path: Path) -> Iterator[Worker]:
+def worker(site: dict[str, tuple[str, int]], test_redis: str, tmp_path: Path) -> Iterator[Worker]:
+    """A worker process, started once the typical site is put, running its latest version."""
     node = Worker(test_redis, tmp_path, f"e2e{os.getpid()}")
-    yield node
-    node.stop()
+    try:
+        node.start()
+        node.wait_applied(latest())
+        yield node
+    finally:
+        node.stop()
 
 
 @pytest.fixture
@@ -140,8 +145,6 @@ def smtp(address: tuple[str, int], source: str = "127.0.0.1") -> smtplib.SMTP:
 def test_the_typical_site_holds_its_policy(
     api: APIClient, site: dict[str, tuple[str, int]], worker: Worker
 ) -> None:
-    worker.start()
-    worker.wait_applied(latest())
     servers = {s["name"]: s for s in api.get("/api/v1/servers/").json()["results"]}
     assert {name: s["runtime"]["status"] for name, s in servers.items()} == {
         "CorpServer": "listening",
@@ -171,8 +174,6 @@ def test_a_change_reaches_new_sessions_within_a_second(
     worker: Worker,
     django_capture_on_commit_callbacks: Any,
 ) -> None:
-    worker.start()
-    worker.wait_applied(latest())
     server_id = server_named(api, "InternetRelay")
     old = smtp(site["InternetRelay"])
     with django_capture_on_commit_callbacks(execute=True):
@@ -200,8 +201,6 @@ def test_pause_stop_and_start_from_the_api(
     worker: Worker,
     django_capture_on_commit_callbacks: Any,
 ) -> None:
-    worker.start()
-    worker.wait_applied(latest())
     server_id = server_named(api, "CorpServer")
     address = site["CorpServer"]
     open_session = smtp(address)
@@ -232,8 +231,6 @@ def test_a_failed_bind_shows_as_that_servers_error(
     worker: Worker,
     django_capture_on_commit_callbacks: Any,
 ) -> None:
-    worker.start()
-    worker.wait_applied(latest())
     blocker = socket.socket()
     blocker.bind(("127.0.0.3", 0))
     blocker.listen()
@@ -256,8 +253,6 @@ def test_a_failed_bind_shows_as_that_servers_error(
 def test_sessions_are_listed_and_terminated(
     api: APIClient, site: dict[str, tuple[str, int]], worker: Worker, operator_api: APIClient
 ) -> None:
-    worker.start()
-    worker.wait_applied(latest())
     client = smtp(site["InternetRelay"])
 
     def listed() -> list[dict[str, Any]]:
@@ -281,8 +276,6 @@ def test_sessions_are_listed_and_terminated(
 def test_a_worker_restarted_without_redis_runs_its_last_good_config(
     site: dict[str, tuple[str, int]], worker: Worker, test_redis: str
 ) -> None:
-    worker.start()
-    worker.wait_applied(latest())
     worker.stop()
     redis.Redis.from_url(test_redis).flushdb()  # Redis lost everything
     worker.start()
