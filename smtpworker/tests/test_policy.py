@@ -11,12 +11,8 @@ import pytest
 from smtpworker.core.config import (
     AccessPolicy,
     AuthConfig,
-    DeliveryConfig,
     DomainConfig,
-    LoggingConfig,
     MessageLimits,
-    OutboundConfig,
-    OutboundSecurity,
     RelayPolicy,
     ServerConfig,
     TlsConfig,
@@ -24,11 +20,9 @@ from smtpworker.core.config import (
 from smtpworker.core.grammar import Binding, GrammarError, Mailbox, parse_access_entry
 from smtpworker.inbound import policy
 from smtpworker.inbound.policy import Client, Decision
+from smtpworker.tests.factories import NO_SECURITY, server
 
 KB = 1024
-NO_SECURITY = OutboundSecurity(
-    tls="opportunistic", auth_method="anonymous", username="", password=""
-)
 
 
 def domain(name: str, kind: str = "remote", *, relay: bool = False, default: bool = False):
@@ -44,55 +38,18 @@ def domain(name: str, kind: str = "remote", *, relay: bool = False, default: boo
     )
 
 
-# IIS 6 defaults: anonymous only, no TLS, connection control "all except" an empty list,
-# relay "only the list below" with an empty list plus "allow authenticated", 2,048 KB
-# messages, 10,240 KB sessions, 20 messages per connection, 100 recipients, 15 hops.
-BASE = ServerConfig(
-    id=1,
-    name="SMTP Virtual Server #1",
-    state="started",
+# factories.server's IIS 6 defaults: anonymous only, no TLS, connection control "all
+# except" an empty list, relay "only the list below" with an empty list plus "allow
+# authenticated", 2,048 KB messages, 10,240 KB sessions, 20 messages per connection, 100
+# recipients, 15 hops; here with a home directory and five domains.
+BASE = server(
+    "SMTP Virtual Server #1",
     node="node1",
     bindings=(Binding(None, 25),),
     fqdn="mail.local.test",
     home_directory="/var/mailroot",
-    connection_limit=None,
-    connection_timeout=600,
-    logging=LoggingConfig(enabled=True, period="daily", fields=()),
-    auth=AuthConfig(
-        anonymous=True,
-        basic=False,
-        basic_requires_tls=False,
-        basic_default_domain="",
-        integrated=False,
-        cram_md5=False,
-    ),
-    tls=TlsConfig(certificate="", private_key="", require=False),
-    connection=AccessPolicy(mode="all_except_list", entries=()),
-    relay=RelayPolicy(mode="only_list", entries=(), allow_authenticated=True),
-    messages=MessageLimits(
-        max_message_size=2048 * KB,
-        max_session_size=10240 * KB,
-        max_messages_per_connection=20,
-        max_recipients_per_message=100,
-        ndr_copy_to="",
-        badmail_directory="/var/mailroot/Badmail",
-    ),
-    delivery=DeliveryConfig(
-        retry_minutes=(15, 30, 60, 240),
-        delay_notification_minutes=720,
-        expiration_minutes=2880,
-        local_delay_notification_minutes=720,
-        local_expiration_minutes=2880,
-        max_hop_count=15,
-        masquerade_domain="",
-        smart_host="",
-        attempt_direct_first=False,
-        reverse_dns_lookup=False,
-        dns_servers=(),
-        outbound=OutboundConfig(
-            port=25, connection_limit=1000, per_domain_limit=100, timeout=600, security=NO_SECURITY
-        ),
-    ),
+    logging={"enabled": True, "fields": ()},
+    messages={"badmail_directory": "/var/mailroot/Badmail"},
     domains=(
         domain("local.test", "local", default=True),
         domain("alias.test", "local"),
