@@ -17,6 +17,7 @@ from rest_framework.test import APIClient
 from mailadmin import configdoc
 from mailadmin.celery import app as celery_app
 from mailadmin.models import VirtualServer
+from mailadmin.tests.factories import make_relay
 from mailadmin.tests.stack import Stack
 from smtpworker.core.contract import RELAY_BATCH_TASK, delivery_queue
 from smtpworker.tests.sink import Sink
@@ -107,6 +108,13 @@ def sink() -> Iterator[Sink]:
     """A recording SMTP server on loopback standing in for a smart host or MX."""
     with Sink() as server:
         yield server
+
+
+@pytest.fixture
+def relay(api: APIClient, sink: Sink) -> str:
+    """The server "Relay" (corp.test) sending through the sink; returns its next hop."""
+    make_relay(api, delivery={"smart_host": sink.smart_host})
+    return sink.smart_host
 
 
 @pytest.fixture

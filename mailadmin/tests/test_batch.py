@@ -63,9 +63,8 @@ def traffic() -> dict[str, int]:
 
 
 def test_a_batch_records_new_messages_and_sends_them_over_one_connection(
-    api: APIClient, sink: Sink
+    sink: Sink, relay: str
 ) -> None:
-    make_relay(api, delivery={"smart_host": sink.smart_host})
     ids = [spooled("a@corp.test", f"u{i}@example.test") for i in range(5)]
     assert relay_batch("Relay", ids, "n1") == {"delivered": 5}
     received = sink.wait_for(5)
@@ -79,8 +78,7 @@ def test_a_batch_records_new_messages_and_sends_them_over_one_connection(
     assert traffic() == {"accepted": 5, "delivered": 5, "deferred": 0}
 
 
-def test_a_batch_of_due_not_due_delivered_and_unknown_messages(api: APIClient, sink: Sink) -> None:
-    make_relay(api, delivery={"smart_host": sink.smart_host})
+def test_a_batch_of_due_not_due_delivered_and_unknown_messages(sink: Sink, relay: str) -> None:
     new = spooled("a@corp.test", "new@example.test")
     due = spool("a@corp.test", "due@example.test")  # recorded, never run
     later = spool("a@corp.test", "later@example.test")
@@ -116,8 +114,7 @@ def test_a_batch_of_due_not_due_delivered_and_unknown_messages(api: APIClient, s
     assert not Message.objects.filter(queue_id=unknown).exists()
 
 
-def test_a_batch_run_twice_sends_nothing_twice(api: APIClient, sink: Sink) -> None:
-    make_relay(api, delivery={"smart_host": sink.smart_host})
+def test_a_batch_run_twice_sends_nothing_twice(sink: Sink, relay: str) -> None:
     ids = [spooled("a@corp.test", f"u{i}@example.test") for i in range(3)]
     assert relay_batch("Relay", ids, "n1") == {"delivered": 3}
     # The broker hands the same task out again (a worker lost before its late ack).
@@ -129,10 +126,7 @@ def test_a_batch_run_twice_sends_nothing_twice(api: APIClient, sink: Sink) -> No
     assert Message.objects.count() == 3
 
 
-def test_a_missing_spool_file_does_not_stop_the_rest_of_the_batch(
-    api: APIClient, sink: Sink
-) -> None:
-    make_relay(api, delivery={"smart_host": sink.smart_host})
+def test_a_missing_spool_file_does_not_stop_the_rest_of_the_batch(sink: Sink, relay: str) -> None:
     first, vanished, last = (spooled("a@corp.test", f"u{i}@example.test") for i in range(3))
     recorded = spool("a@corp.test", "gone@example.test")
     for queue_id in (vanished, recorded):
@@ -189,9 +183,8 @@ def test_each_message_of_a_batch_concludes_on_its_own(
 
 
 def test_an_unreachable_host_is_waited_for_once_per_batch(
-    api: APIClient, sink: Sink, settings: Any
+    sink: Sink, settings: Any, relay: str
 ) -> None:
-    make_relay(api, delivery={"smart_host": sink.smart_host})
     sink.mode = "stall"  # accepts the connection, never greets
     ids = [spooled("a@corp.test", f"u{i}@example.test") for i in range(4)]
     started = time.monotonic()
@@ -206,8 +199,7 @@ def test_an_unreachable_host_is_waited_for_once_per_batch(
     assert set(Message.objects.values_list("attempts", flat=True)) == {1}
 
 
-def test_the_sweep_enqueues_due_messages_in_batches(api: APIClient, sink: Sink) -> None:
-    make_relay(api, delivery={"smart_host": sink.smart_host})
+def test_the_sweep_enqueues_due_messages_in_batches(relay: str) -> None:
     due = [spool("a@corp.test", f"u{i}@example.test") for i in range(3)]
     Message.objects.filter(queue_id__in=due).update(
         state=MessageState.RETRY, next_attempt_at=timezone.now(), node="n1"
@@ -221,11 +213,10 @@ def test_the_sweep_enqueues_due_messages_in_batches(api: APIClient, sink: Sink) 
 
 
 def test_a_running_task_lets_its_messages_be_enqueued_again(
-    api: APIClient, sink: Sink, test_redis: str
+    sink: Sink, test_redis: str, relay: str
 ) -> None:
     # A message deferred soon (its next hop full: again in 5 s) must not wait out the
     # minute-long mark that keeps the sweep from sending a second task for it.
-    make_relay(api, delivery={"smart_host": sink.smart_host})
     sink.mode = "451"
     queue_id = spool("a@corp.test", "u@example.test")
     marked = redis.Redis.from_url(test_redis)
@@ -240,9 +231,8 @@ def test_a_running_task_lets_its_messages_be_enqueued_again(
 
 
 def test_the_spool_sweep_waits_for_the_hand_off_and_cleans_up_finished_messages(
-    api: APIClient, sink: Sink, mailroot: Path
+    mailroot: Path, relay: str
 ) -> None:
-    make_relay(api, delivery={"smart_host": sink.smart_host})
     young = spooled("a@corp.test", "young@example.test")
     orphan = spooled("a@corp.test", "old@example.test", at=time.time() - 60)
     finished = spool("a@corp.test", "done@example.test")
@@ -257,9 +247,8 @@ def test_the_spool_sweep_waits_for_the_hand_off_and_cleans_up_finished_messages(
     assert sorted(spool_for("Relay").ids()) == sorted([young, orphan, queued])
 
 
-def test_a_node_sweeps_only_the_spools_of_its_own_servers(api: APIClient, sink: Sink) -> None:
+def test_a_node_sweeps_only_the_spools_of_its_own_servers(api: APIClient, relay: str) -> None:
     # Two nodes on one machine share the mail root: node n2's old orphan is n2's to send.
-    make_relay(api, delivery={"smart_host": sink.smart_host})
     make_relay(
         api, name="Other", node="n2", bindings=["127.0.0.3:2525"], default_domain="other.test"
     )
@@ -330,9 +319,8 @@ def test_relay_tasks_ack_late_and_stop_inside_the_lease(task: Any) -> None:
 
 
 def test_the_apis_retry_sends_one_batch_task_for_what_it_made_due(
-    api: APIClient, sink: Sink, enqueued: Callable[[], list[str]]
+    api: APIClient, sink: Sink, enqueued: Callable[[], list[str]], relay: str
 ) -> None:
-    make_relay(api, delivery={"smart_host": sink.smart_host})
     sink.mode = "451"
     ids = [spool("a@corp.test", f"u{i}@example.test") for i in range(3)]
     assert messages_deliver(server_name="Relay", queue_ids=ids) == dict.fromkeys(ids, "retry")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -16,30 +16,22 @@ from django.contrib.auth.models import User
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
-from rest_framework.test import APIClient
 
 from mailadmin.models import Message, MessageState, QueueControl
 from mailadmin.services.delivery.queue import spool_for
 from mailadmin.services.delivery.traffic import traffic_add, traffic_add_rejected
-from mailadmin.tests.factories import make_relay, run, spool
+from mailadmin.tests.factories import run, spool
 from smtpworker.tests.sink import Sink
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("mailroot")]
 
 
 @pytest.fixture
-def sink() -> Iterator[Sink]:
-    # Kept beside conftest's sink on purpose: this module's pages need mail that stays in
-    # the queue, and overriding `sink` makes every fixture built on it defer too.
-    with Sink() as server:
-        server.mode = "451"
-        yield server
-
-
-@pytest.fixture
-def relay(api: APIClient, sink: Sink) -> str:
-    make_relay(api, delivery={"smart_host": sink.smart_host})
-    return sink.smart_host
+def sink(sink: Sink) -> Sink:
+    # This module's pages need mail that stays in the queue: overriding `sink` (conftest's,
+    # told to defer) makes every fixture built on it defer too.
+    sink.mode = "451"
+    return sink
 
 
 def deferred(sender: str, *recipients: str) -> str:

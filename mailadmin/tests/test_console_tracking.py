@@ -188,9 +188,8 @@ def test_it_pages_by_cursor_without_counting(admin_client: Client, mail: dict[st
 
 
 def test_the_history_shows_arrival_and_every_attempt(
-    admin_client: Client, api: APIClient, sink: Sink
+    admin_client: Client, sink: Sink, relay: str
 ) -> None:
-    make_relay(api, delivery={"smart_host": sink.smart_host})
     sink.mode = "451"
     queue_id = spool("a@corp.test", "b@example.test")
     Message.objects.filter(queue_id=queue_id).update(auth_user="alice", node="mx-node-1")
@@ -217,9 +216,8 @@ def test_the_history_shows_arrival_and_every_attempt(
 
 
 def test_a_message_still_queued_links_to_its_queue_page(
-    admin_client: Client, api: APIClient, sink: Sink
+    admin_client: Client, sink: Sink, relay: str
 ) -> None:
-    make_relay(api, delivery={"smart_host": sink.smart_host})
     sink.mode = "451"
     queue_id = spool("a@corp.test", "b@example.test")
     assert run(queue_id) == "retry"

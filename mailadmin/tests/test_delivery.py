@@ -170,8 +170,7 @@ def test_4xx_is_retried_on_the_iis_schedule(api: APIClient, sink: Sink) -> None:
 
 
 @pytest.mark.parametrize("mode", ["refuse", "stall", "drop_mid_data", "421"])
-def test_connection_failures_are_temporary(api: APIClient, sink: Sink, mode: str) -> None:
-    make_relay(api, delivery={"smart_host": sink.smart_host})
+def test_connection_failures_are_temporary(sink: Sink, mode: str, relay: str) -> None:
     sink.mode = mode
     queue_id = spool("a@corp.test", "b@example.test")
     assert run(queue_id) == "retry"
@@ -180,8 +179,7 @@ def test_connection_failures_are_temporary(api: APIClient, sink: Sink, mode: str
     assert not Message.objects.filter(is_report=True).exists()
 
 
-def test_a_delivered_recipient_is_never_sent_again(api: APIClient, sink: Sink) -> None:
-    make_relay(api, delivery={"smart_host": sink.smart_host})
+def test_a_delivered_recipient_is_never_sent_again(sink: Sink, relay: str) -> None:
     sink.rcpt_replies = {"later@example.test": "451 4.2.1 Mailbox busy"}
     queue_id = spool("a@corp.test", "now@example.test", "later@example.test")
     assert run(queue_id) == "retry"
@@ -217,8 +215,7 @@ def test_a_run_repeated_after_its_ndr_sends_the_same_ndr_once(api: APIClient, si
     assert recorded.queue_id == ndr.queue_id and recorded.sender == ""
 
 
-def test_5xx_for_one_recipient_bounces_only_that_one(api: APIClient, sink: Sink) -> None:
-    make_relay(api, delivery={"smart_host": sink.smart_host})
+def test_5xx_for_one_recipient_bounces_only_that_one(sink: Sink, relay: str) -> None:
     sink.rcpt_replies = {"gone@example.test": "550 5.1.1 No such user"}
     queue_id = spool("a@corp.test", "gone@example.test", "here@example.test")
     assert run(queue_id) == "bounced"
@@ -245,9 +242,8 @@ def _subject(message: Message) -> str:
 
 
 def test_no_ndr_for_the_null_sender_and_badmail_for_a_failed_ndr(
-    api: APIClient, sink: Sink, mailroot: Path
+    sink: Sink, mailroot: Path, relay: str
 ) -> None:
-    make_relay(api, delivery={"smart_host": sink.smart_host})
     sink.mode = "550"
     bounce = spool("", "b@example.test")
     assert run(bounce) == "bounced"
@@ -313,9 +309,8 @@ def test_outbound_auth_and_required_tls_to_the_smart_host(api: APIClient) -> Non
 
 
 def test_queue_api_lists_queues_and_acts_on_messages(
-    api: APIClient, operator_api: APIClient, sink: Sink
+    api: APIClient, operator_api: APIClient, sink: Sink, relay: str
 ) -> None:
-    make_relay(api, delivery={"smart_host": sink.smart_host})
     sink.mode = "451"
     first, second, third = (spool("a@corp.test", f"u{i}@example.test") for i in range(3))
     for queue_id in (first, second, third):
@@ -360,8 +355,7 @@ def test_queue_api_lists_queues_and_acts_on_messages(
     )
 
 
-def test_message_list_filters_and_pages(api: APIClient, sink: Sink) -> None:
-    make_relay(api, delivery={"smart_host": sink.smart_host})
+def test_message_list_filters_and_pages(api: APIClient, relay: str) -> None:
     ids = [spool(f"s{i}@corp.test", "b@example.test") for i in range(7)]
     page = api.get("/api/v1/messages/?limit=3").json()
     assert [m["queue_id"] for m in page["results"]] == ids[::-1][:3]

@@ -31,9 +31,8 @@ def kinds(found: dict[str, Any]) -> list[str]:
 
 
 def test_a_deferred_then_delivered_message_shows_every_event(
-    api: APIClient, operator_api: APIClient, sink: Sink
+    operator_api: APIClient, sink: Sink, relay: str
 ) -> None:
-    make_relay(api, delivery={"smart_host": sink.smart_host})
     sink.mode = "451"
     queue_id = spool("a@corp.test", "b@example.test")
     assert run(queue_id) == "retry"
@@ -57,8 +56,9 @@ def test_a_deferred_then_delivered_message_shows_every_event(
     assert times == sorted(times)
 
 
-def test_a_message_still_in_retry_says_when_it_is_tried_next(api: APIClient, sink: Sink) -> None:
-    make_relay(api, delivery={"smart_host": sink.smart_host})
+def test_a_message_still_in_retry_says_when_it_is_tried_next(
+    api: APIClient, sink: Sink, relay: str
+) -> None:
     sink.mode = "451"
     queue_id = spool("a@corp.test", "b@example.test")
     assert run(queue_id) == "retry"

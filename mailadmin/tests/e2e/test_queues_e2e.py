@@ -9,7 +9,6 @@ and see the traffic chart drawn. Screenshots go to test-artifacts/screens/4x-*.p
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -43,12 +42,11 @@ MAIL = [  # sender, recipient, subject, minutes ago
 
 
 @pytest.fixture
-def sink() -> Iterator[Sink]:
-    # Kept beside conftest's sink on purpose: this module's pages need mail that stays in
-    # the queue, and overriding `sink` makes every fixture built on it defer too.
-    with Sink() as server:
-        server.mode = "451"
-        yield server
+def sink(sink: Sink) -> Sink:
+    # This module's pages need mail that stays in the queue: overriding `sink` (conftest's,
+    # told to defer) makes every fixture built on it defer too.
+    sink.mode = "451"
+    return sink
 
 
 @pytest.fixture
