@@ -9,6 +9,10 @@ would replace these lines with its own. In JSON mode this module, which Django i
 while it applies ``LOGGING``, connects :func:`celery_setup_logging` to Celery's
 ``setup_logging`` signal: Celery then leaves the configuration alone and Django's applies,
 at the level given by ``celery ... -l``. Plain mode keeps Celery's own format.
+
+:class:`RoutineAtDebug` keeps Celery's routine lines (a task received, a task succeeded,
+beat sending a due task) out of INFO in either format: ``LOGGING`` puts it on their
+loggers.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ __all__ = [
     "ContextAdapter",
     "JsonFormatter",
     "PlainFormatter",
+    "RoutineAtDebug",
     "celery_setup_logging",
     "extra_fields",
 ]
@@ -43,6 +48,33 @@ class JsonFormatter(_JsonFormatter):
         if not task_id:
             return {}
         return {"task_id": task_id, "task_name": getattr(task, "name", "")}
+
+
+class RoutineAtDebug(logging.Filter):
+    """Logs Celery's routine INFO lines at DEBUG: "Task ... received", "Task ... succeeded
+    in ...", and beat's "Scheduler: Sending due task ...". Every relay batch and every
+    periodic run would otherwise write two or three lines at INFO, more than the messages
+    themselves. Nothing else is touched: a failed, retried or rejected task keeps its
+    level, as does every other line of these loggers.
+
+    A logger filter runs after the INFO check, so the record is re-levelled here and kept
+    only if its logger is enabled for DEBUG (``celery ... -l debug``).
+    """
+
+    def __init__(self, name: str = "") -> None:
+        super().__init__(name)
+        from celery.app.trace import LOG_RECEIVED, LOG_SUCCESS
+
+        # The format strings Celery logs them with (celery.worker.strategy and
+        # celery.app.trace pass these constants; celery.beat spells its own out).
+        self.routine = frozenset([LOG_RECEIVED, LOG_SUCCESS, "Scheduler: Sending due task %s (%s)"])
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.msg  # the format, not yet filled in (and a str for these lines)
+        if record.levelno != logging.INFO or not isinstance(msg, str) or msg not in self.routine:
+            return True
+        record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
 
 
 def celery_setup_logging(loglevel: int | str | None = None, **kwargs: Any) -> None:

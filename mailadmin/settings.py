@@ -347,14 +347,20 @@ LOGGING = {
         },
         "json": {"()": "mailadmin.jsonlog.JsonFormatter"},
     },
+    "filters": {"routine_at_debug": {"()": "mailadmin.jsonlog.RoutineAtDebug"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": envstr("LOG_LEVEL", "INFO")},
     # JSON: Django's own handlers (runserver's access lines, the DEBUG console) would write
     # plain lines beside ours, so those loggers go through the root handler alone.
     # django-axes says at INFO that each successful login cleared nothing; failures and
-    # lockouts are WARNINGs and stay.
+    # lockouts are WARNINGs and stay. Celery's per-task lines (received, succeeded) and
+    # beat's "Sending due task" are at DEBUG: at INFO a relayed message writes one line
+    # on each side, and periodic tasks none (failures keep their levels).
     "loggers": {
         "axes": {"level": "WARNING"},
+        "celery.worker.strategy": {"filters": ["routine_at_debug"]},
+        "celery.app.trace": {"filters": ["routine_at_debug"]},
+        "celery.beat": {"filters": ["routine_at_debug"]},
         **(
             {
                 "django": {"handlers": [], "level": "INFO", "propagate": True},

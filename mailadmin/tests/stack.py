@@ -153,7 +153,7 @@ class Stack:
             ],
         )
 
-    def worker(self, name: str = "worker", concurrency: int = 2) -> Process:
+    def worker(self, name: str = "worker", concurrency: int = 2, level: str = "info") -> Process:
         return self._process(
             name,
             [
@@ -164,7 +164,7 @@ class Stack:
                 "mailadmin",
                 "worker",
                 "-l",
-                "info",
+                level,
                 "-n",
                 f"{name}-{self.node}@%h",
                 "--concurrency",
@@ -174,7 +174,7 @@ class Stack:
             ],
         )
 
-    def beat(self) -> Process:
+    def beat(self, level: str = "info") -> Process:
         return self._process(
             "beat",
             [
@@ -185,7 +185,7 @@ class Stack:
                 "mailadmin",
                 "beat",
                 "-l",
-                "info",
+                level,
                 "-s",
                 str(self.log_dir / "beat-schedule"),
             ],

@@ -260,7 +260,8 @@ class Node:
                 continue
             if result.queued or result.bad:
                 context.count("accepted", len(result.queued))
-                log.info(
+                # A scan's sum: each file has its own line (queued at INFO, Badmail a warning).
+                log.debug(
                     "%s: pickup queued %d, badmail %d",
                     cfg.name,
                     len(result.queued),

@@ -40,6 +40,13 @@ from smtpworker.core.spool import Envelope, MessageNotFound, Spool
 
 log = logging.getLogger(__name__)
 
+# At INFO a delivery writes one line per recipient outcome: the attempt's line, with the
+# recipients, the host and its reply, which is what a mail admin greps for (a queue id, an
+# address, a 2xx, 4xx or 5xx). A message's end has a line of its own at INFO only where it
+# says more than that (bounced: an NDR was sent; badmail, missing, damaged, no server);
+# these ends, which its attempt lines already told, are at DEBUG.
+_TOLD_BY_ATTEMPTS = frozenset(["delivered", "retry"])
+
 
 def messages_deliver(
     *, server_name: str, queue_ids: Sequence[str], node: str = ""
@@ -222,7 +229,8 @@ def _conclude(run: Run, jobs: list[Job], results: dict[str, str]) -> None:
         _write_log_and_counts(run)
     for job in jobs:
         outcome = results[job.message.queue_id]
-        log.info(
+        log.log(
+            logging.DEBUG if outcome in _TOLD_BY_ATTEMPTS else logging.INFO,
             "%s: %s",
             job.message.queue_id,
             outcome,

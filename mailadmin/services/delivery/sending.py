@@ -115,7 +115,7 @@ def jobs_send(run: Run, jobs: list[Job]) -> None:
         cfg = run.config(server_name)[0]
         if cfg is None:
             continue
-        log.info(
+        log.debug(
             "delivery run for %s (%d deferred so far)",
             job.message.queue_id,
             job.message.attempts,
