@@ -10,6 +10,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import trustme
+
 from smtpworker.core import credentials
 from smtpworker.core.config import (
     SCHEMA,
@@ -120,6 +122,22 @@ def server(name: str = "Test", *bindings: str, **overrides: Any) -> ServerConfig
             spec["entries"] = tuple(parse_access_entry(e) for e in spec.get("entries", ()))
             overrides[key] = replace(getattr(base, key), **spec)
     return replace(base, **overrides)
+
+
+def tls_identity(hostname: str) -> tuple[str, str, trustme.CA]:
+    """A certificate chain and its private key for ``hostname`` (PEM text), and the CA that
+    issued them (``ca.configure_trust(context)`` for a client)."""
+    ca = trustme.CA()
+    cert = ca.issue_cert(hostname)
+    chain = "".join(blob.bytes().decode() for blob in cert.cert_chain_pems)
+    return chain, cert.private_key_pem.bytes().decode(), ca
+
+
+def tls_with(identity: tuple[str, str, trustme.CA], **fields: Any) -> dict[str, Any]:
+    """The ``tls=`` override of :func:`server` that serves ``identity``, its key sealed as
+    the configuration carries it; ``fields`` change others (``require=True``)."""
+    chain, key, _ca = identity
+    return {"certificate": chain, "private_key": BOX.seal(key), **fields}
 
 
 def user(username: str, password: str, *servers: str, cram: bool = False) -> UserConfig:

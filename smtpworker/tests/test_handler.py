@@ -12,7 +12,7 @@ import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pytest
 import trustme
@@ -20,7 +20,15 @@ import trustme
 from smtpworker.core import credentials
 from smtpworker.core.config import ServerConfig, SiteConfig
 from smtpworker.core.spool import Spool
-from smtpworker.tests.factories import BOX, free_port, remote, server, site, user
+from smtpworker.tests.factories import (
+    free_port,
+    remote,
+    server,
+    site,
+    tls_identity,
+    tls_with,
+    user,
+)
 from smtpworker.tests.harness import LiveNode
 from smtpworker.tests.transcript import transcript
 
@@ -51,6 +59,14 @@ def connect(address: tuple[str, int], **kw: Any) -> smtplib.SMTP:
     client.connect(*address)
     client._host = "test.example.test"  # type: ignore[attr-defined]  # the name TLS checks
     return client
+
+
+def greeted(live: LiveNode) -> tuple[socket.socket, BinaryIO]:
+    """A raw connection to a default server, its greeting read: for bytes smtplib won't send."""
+    sock = socket.create_connection(serve(live, one()), timeout=5)
+    reader = sock.makefile("rb")
+    reader.readline()
+    return sock, reader
 
 
 def spooled(live: LiveNode, name: str = "Test") -> Spool:
@@ -240,16 +256,11 @@ def test_anonymous_off_requires_authentication(live: LiveNode) -> None:
 
 @pytest.fixture(scope="module")
 def certificate() -> tuple[str, str, trustme.CA]:
-    ca = trustme.CA()
-    cert = ca.issue_cert("test.example.test")
-    chain = "".join(blob.bytes().decode() for blob in cert.cert_chain_pems)
-    return chain, cert.private_key_pem.bytes().decode(), ca
+    return tls_identity("test.example.test")
 
 
 def tls_server(certificate: tuple[str, str, Any], **kw: Any) -> ServerConfig:
-    chain, key, _ca = certificate
-    tls = {"certificate": chain, "private_key": BOX.seal(key), **kw.pop("tls", {})}
-    return one(tls=tls, **kw)
+    return one(tls=tls_with(certificate, **kw.pop("tls", {})), **kw)
 
 
 def client_context(certificate: tuple[str, str, trustme.CA]) -> ssl.SSLContext:
@@ -355,10 +366,7 @@ def test_idle_time_out_says_421(live: LiveNode) -> None:
 
 
 def test_pipelined_commands_get_replies_in_order(live: LiveNode) -> None:
-    address = serve(live, one())
-    sock = socket.create_connection(address, timeout=5)
-    reader = sock.makefile("rb")
-    reader.readline()
+    sock, reader = greeted(live)
     sock.sendall(
         b"EHLO c.test\r\nMAIL FROM:<a@sender.test>\r\nRCPT TO:<b@test.test>\r\n"
         b"RCPT TO:<c@foreign.test>\r\nDATA\r\n"
@@ -373,10 +381,7 @@ def test_pipelined_commands_get_replies_in_order(live: LiveNode) -> None:
 
 
 def test_bare_lf_end_of_data_is_not_the_end(live: LiveNode) -> None:
-    address = serve(live, one())
-    sock = socket.create_connection(address, timeout=5)
-    reader = sock.makefile("rb")
-    reader.readline()
+    sock, reader = greeted(live)
     sock.sendall(b"HELO c.test\r\nMAIL FROM:<a@sender.test>\r\nRCPT TO:<b@test.test>\r\nDATA\r\n")
     [reader.readline() for _ in range(4)]
     sock.sendall(

@@ -24,7 +24,7 @@ import trustme
 
 from smtpworker.core.config import ServerConfig
 from smtpworker.inbound.authbrake import AuthBrake
-from smtpworker.tests.factories import BOX, user
+from smtpworker.tests.factories import tls_identity, tls_with, user
 from smtpworker.tests.harness import LiveNode
 from tests.proof.conftest import (
     LOCAL_DOMAIN,
@@ -372,16 +372,11 @@ def test_end_of_data_variants_do_not_smuggle_a_second_message(
 
 @pytest.fixture(scope="module")
 def certificate() -> tuple[str, str, trustme.CA]:
-    ca = trustme.CA()
-    cert = ca.issue_cert("relay.example.test")
-    chain = "".join(blob.bytes().decode() for blob in cert.cert_chain_pems)
-    return chain, cert.private_key_pem.bytes().decode(), ca
+    return tls_identity("relay.example.test")
 
 
 def tls_relay(certificate: tuple[str, str, trustme.CA], **kw: Any) -> ServerConfig:
-    chain, key, _ca = certificate
-    tls = {"certificate": chain, "private_key": BOX.seal(key), **kw.pop("tls", {})}
-    return internet_relay(tls=tls, **kw)
+    return internet_relay(tls=tls_with(certificate, **kw.pop("tls", {})), **kw)
 
 
 def tls_wrap(wire: Wire, certificate: tuple[str, str, trustme.CA]) -> ssl.SSLSocket:
