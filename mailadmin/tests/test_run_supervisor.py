@@ -76,3 +76,19 @@ def test_a_child_that_keeps_dying_at_once_stops_everything(
     assert result == [1]
     # Started again after each quick exit, until the limit: not given up at the first.
     assert len(starts.read_text()) == run_module.RESTART_LIMIT
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "info"), ("DEBUG", "debug")])
+def test_celery_runs_at_the_products_log_level(
+    run_module: ModuleType, monkeypatch: pytest.MonkeyPatch, given: str | None, expected: str
+) -> None:
+    # Celery's own loggers ("Task ... received") follow -l, not LOGGING.
+    monkeypatch.setenv("MAILADMIN_NODE", "n1")
+    if given is None:
+        monkeypatch.delenv("LOG_LEVEL", raising=False)
+    else:
+        monkeypatch.setenv("LOG_LEVEL", given)
+    table = {proc.name: proc.argv for proc in run_module.process_table("127.0.0.1:1", Path("."))}
+    for name in ("worker", "beat"):
+        argv = table[name]
+        assert argv[argv.index("-l") + 1] == expected, name
