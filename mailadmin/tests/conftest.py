@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 import redis
-from django.contrib.auth.models import Group, User
+from django.contrib.auth.models import User
 from django.core.management import call_command
 from rest_framework.test import APIClient
 
 from mailadmin import configdoc
 from mailadmin.celery import app as celery_app
 from mailadmin.models import VirtualServer
-from mailadmin.tests.factories import make_relay
+from mailadmin.tests.factories import console_user, make_relay
 from mailadmin.tests.stack import Stack
 from smtpworker.core.contract import RELAY_BATCH_TASK, delivery_queue
 from smtpworker.tests.sink import Sink
@@ -38,10 +38,7 @@ def admin_user(db: None) -> User:
 
 @pytest.fixture
 def operator_user(db: None) -> User:
-    user = User.objects.create_user("watcher", password="watcher-password")
-    # get_or_create: transactional tests flush the groups the data migration made.
-    user.groups.add(Group.objects.get_or_create(name="operators")[0])
-    return user
+    return console_user("watcher", "operators")
 
 
 @pytest.fixture

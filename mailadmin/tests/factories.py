@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from django import forms
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Group, User
 from django.test import Client
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
@@ -41,6 +41,18 @@ from smtpworker.tests.factories import free_port
 from smtpworker.tests.sink import Sink
 
 ROOT = Path(__file__).resolve().parents[2]
+
+# --- console users ---------------------------------------------------------------------
+
+
+def console_user(username: str, group: str) -> User:
+    """A console and API login in ``group`` (operators, administrators); its password is
+    ``<username>-password``."""
+    user = User.objects.create_user(username, password=f"{username}-password")
+    # get_or_create: transactional tests flush the groups the data migration made.
+    user.groups.add(Group.objects.get_or_create(name=group)[0])
+    return user
+
 
 # --- configuration ---------------------------------------------------------------------
 

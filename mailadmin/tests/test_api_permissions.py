@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import Group, User
+from django.contrib.auth.models import User
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
@@ -13,7 +13,7 @@ from mailadmin.models import (
     ConfigSnapshot,
     VirtualServer,
 )
-from mailadmin.tests.factories import db_state, make_server
+from mailadmin.tests.factories import console_user, db_state, make_server
 
 pytestmark = pytest.mark.django_db
 
@@ -100,9 +100,7 @@ def send(client: APIClient, method: str, url: str, body: Any) -> Any:
 
 @pytest.fixture
 def administrator_user(db: None) -> User:
-    user = User.objects.create_user("admin2", password="admin2-password")
-    user.groups.add(Group.objects.get_or_create(name="administrators")[0])
-    return user
+    return console_user("admin2", "administrators")
 
 
 @pytest.fixture

@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import Group, User
+from django.contrib.auth.models import User
 
 # Fixtures of the web side's tests, shared here (admin_user is this suite's own, below).
 from mailadmin.tests.conftest import api, mailroot, stack, test_redis  # noqa: F401
+from mailadmin.tests.factories import console_user
 from smtpworker.core.config import ServerConfig, UserConfig
 from smtpworker.core.spool import Envelope, Spool
 from smtpworker.tests.conftest import redis_url  # noqa: F401 (a fixture, shared here)
@@ -211,6 +212,4 @@ def admin_user(db: None, fast_hashing: None) -> User:
 
 @pytest.fixture
 def operator_user(db: None, fast_hashing: None) -> User:
-    user = User.objects.create_user("watcher", password="watcher-password")
-    user.groups.add(Group.objects.get_or_create(name="operators")[0])
-    return user
+    return console_user("watcher", "operators")
