@@ -19,7 +19,6 @@ import pytest
 import redis
 from django.db import transaction
 from django.utils import timezone
-from rest_framework.test import APIClient
 
 from mailadmin.celery import app as celery_app
 from mailadmin.models import Message, MessageState, QueueControl, TrafficCounter
@@ -31,7 +30,7 @@ from mailadmin.services.delivery.queue import (
     message_record,
     spool_for,
 )
-from mailadmin.tests.factories import make_relay, spool
+from mailadmin.tests.factories import spool
 from smtpworker.core.contract import RELAY_BATCH_TASK, delivery_queue
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("mailroot")]
@@ -63,11 +62,6 @@ def sent(test_redis: str, settings: Any) -> Iterator[Sent]:
     broker.close()
 
 
-@pytest.fixture
-def relay(api: APIClient, sink: Any) -> None:
-    make_relay(api, delivery={"smart_host": sink.smart_host})
-
-
 def relays(tasks: list[tuple[str, list[Any]]]) -> list[list[str]]:
     """The queue ids of each relay batch task."""
     assert {name for name, _ in tasks} <= {RELAY_BATCH_TASK}
@@ -94,7 +88,7 @@ def test_batches_are_cut_at_the_task_batch_per_server_and_node(sent: Sent) -> No
     assert sent("n2") == [(RELAY_BATCH_TASK, ["Other", ["X"], "n2"])]
 
 
-def test_only_due_messages_are_enqueued_each_to_its_node(relay: None, sent: Sent) -> None:
+def test_only_due_messages_are_enqueued_each_to_its_node(relay: str, sent: Sent) -> None:
     due, later, elsewhere = (spool("a@corp.test", f"u{i}@example.test") for i in range(3))
     Message.objects.filter(queue_id=later).update(
         state=MessageState.RETRY, next_attempt_at=timezone.now() + timedelta(hours=1)
@@ -105,7 +99,7 @@ def test_only_due_messages_are_enqueued_each_to_its_node(relay: None, sent: Sent
 
 
 def test_enqueueing_on_commit_waits_for_the_commit_and_skips_a_rollback(
-    relay: None, sent: Sent
+    relay: str, sent: Sent
 ) -> None:
     kept, undone = spool("a@corp.test", "u@example.test"), spool("a@corp.test", "v@example.test")
     with transaction.atomic():
@@ -128,7 +122,7 @@ def test_spool_sweeps_go_to_each_nodes_own_queue(sent: Sent) -> None:
 
 
 def test_the_sweep_enqueues_what_is_due_and_asks_the_nodes_with_mail(
-    relay: None, sent: Sent
+    relay: str, sent: Sent
 ) -> None:
     due = spool("a@corp.test", "u@example.test")
     Message.objects.filter(queue_id=due).update(
@@ -145,7 +139,7 @@ def test_the_sweep_enqueues_what_is_due_and_asks_the_nodes_with_mail(
     assert sent("here") == [(enqueue.SWEEP_SPOOL_TASK, ["here"])]
 
 
-def test_a_spool_sweep_runs_only_on_its_own_node(relay: None, sent: Sent) -> None:
+def test_a_spool_sweep_runs_only_on_its_own_node(relay: str, sent: Sent) -> None:
     orphan = spool("a@corp.test", "u@example.test", at=time.time() - 60, record=False)
     assert sweep.spool_sweep_local(node="elsewhere") == 0  # not this disk
     assert sent("here") == [] and sent("elsewhere") == []
@@ -156,7 +150,7 @@ def test_a_spool_sweep_runs_only_on_its_own_node(relay: None, sent: Sent) -> Non
 # --- operator actions -----------------------------------------------------------------------
 
 
-def test_a_message_being_delivered_is_neither_deleted_nor_bounced(relay: None) -> None:
+def test_a_message_being_delivered_is_neither_deleted_nor_bounced(relay: str) -> None:
     held = spool("a@corp.test", "u@example.test")
     Message.objects.filter(queue_id=held).update(
         state=MessageState.ACTIVE, lease_until=timezone.now() + timedelta(minutes=5)
@@ -173,7 +167,7 @@ def test_unknown_actions_are_refused() -> None:
         actions.messages_act(action="explode", queue_ids=["A"], author="test")
 
 
-def test_a_queue_resumed_is_retried_now(relay: None, sink: Any, sent: Sent) -> None:
+def test_a_queue_resumed_is_retried_now(relay: str, sink: Any, sent: Sent) -> None:
     waiting = spool("a@corp.test", "u@example.test")
     Message.objects.filter(queue_id=waiting).update(
         state=MessageState.RETRY, next_attempt_at=timezone.now() + timedelta(hours=1)
@@ -188,7 +182,7 @@ def test_a_queue_resumed_is_retried_now(relay: None, sink: Any, sent: Sent) -> N
 # --- reports --------------------------------------------------------------------------------
 
 
-def test_a_report_is_spooled_recorded_and_enqueued_once(relay: None, sent: Sent) -> None:
+def test_a_report_is_spooled_recorded_and_enqueued_once(relay: str, sent: Sent) -> None:
     data = b"From: <>\r\nSubject: report\r\n\r\nbody\r\n"
     queue_id = reports.report_inject("Relay", ["a@corp.test"], data, queue_id="REPORT1N")
     assert queue_id == "REPORT1N"
@@ -202,7 +196,7 @@ def test_a_report_is_spooled_recorded_and_enqueued_once(relay: None, sent: Sent)
     assert Message.objects.filter(is_report=True).count() == 1 and len(sent("here")) == 1
 
 
-def test_a_finished_message_leaves_the_spool_once_that_is_committed(relay: None) -> None:
+def test_a_finished_message_leaves_the_spool_once_that_is_committed(relay: str) -> None:
     queue_id = spool("a@corp.test", "u@example.test")
     message = Message.objects.get(queue_id=queue_id)
     with transaction.atomic():
@@ -223,7 +217,7 @@ def unsaved(queue_id: str) -> tuple[Message, list[Any], bytes]:
     return message, message_recipients(message, envelope, cfg), data
 
 
-def test_a_message_another_run_recorded_first_is_left_to_be_claimed(relay: None) -> None:
+def test_a_message_another_run_recorded_first_is_left_to_be_claimed(relay: str) -> None:
     first = spool("a@corp.test", "u@example.test", record=False)
     second = spool("a@corp.test", "v@example.test", record=False)
     rows = [unsaved(first)[:2], unsaved(second)[:2]]
@@ -234,7 +228,7 @@ def test_a_message_another_run_recorded_first_is_left_to_be_claimed(relay: None)
 
 
 def test_a_message_given_up_goes_to_badmail_on_record_and_out_of_the_spool(
-    relay: None, mailroot: Path
+    relay: str, mailroot: Path
 ) -> None:
     queue_id = spool("a@corp.test", "u@example.test", record=False)
     message, _recipients, data = unsaved(queue_id)
