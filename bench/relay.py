@@ -228,11 +228,13 @@ def sink_main(port: int) -> int:
 
 
 class SinkProcess:
+    """The sink in a process of its own, asked over its stdin (see ``sink_main``)."""
+
     def __init__(self, work: Path) -> None:
         self.port = free_port()
         self.log = open(work / "sink.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--sink", str(self.port)],
+            self.command(),
             cwd=ROOT,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -241,6 +243,11 @@ class SinkProcess:
         )
         if not self._read().get("ready"):
             raise RuntimeError("the sink did not start")
+
+    def command(self) -> list[str]:
+        """The sink process's argv: it must answer sink_main's commands on stdin/stdout
+        (bench/sidebyside.py runs Postfix's smtp-sink behind the same protocol)."""
+        return [sys.executable, __file__, "--sink", str(self.port)]
 
     def _read(self) -> dict[str, Any]:
         assert self.proc.stdout is not None
@@ -272,14 +279,18 @@ class SinkProcess:
 # --- the load generator --------------------------------------------------------------------
 
 
-def generate(ports: list[int], size: int, sessions: int, count: int) -> dict[str, Any]:
+def generate(
+    ports: list[int], size: int, sessions: int, count: int, per_connection: int | None = None
+) -> dict[str, Any]:
     """Send ``count`` messages over ``sessions`` connections that stay open.
 
     One state machine per connection on epoll: 220, EHLO, then MAIL, RCPT, DATA, message
     while messages remain, then QUIT. Returns when every connection has closed. With
     several ports, connection i goes to ``ports[i % len(ports)]``; the messages are not
     dealt out in advance, so a faster server takes more of them (``per_port`` says how
-    many each accepted).
+    many each accepted). With ``per_connection`` N, a connection says QUIT after N
+    messages and a new one to the same port takes its place while messages remain, so at
+    most ``sessions`` are open at a time (1: a connection per message, as smtp-source).
     """
     message = make_message(size).replace(b"<sink@test.test>", f"<{RECIPIENT}>".encode())
     # step -> (what to send once the reply to the previous step came, the code expected)
@@ -291,7 +302,8 @@ def generate(ports: list[int], size: int, sessions: int, count: int) -> dict[str
     )
     quit_step = (b"QUIT\r\n", b"221")
     ep = select.epoll()
-    conns: dict[int, list[Any]] = {}  # fd -> [sock, step, inbuf, pending out, port]
+    # fd -> [sock, step, inbuf, pending out, port, messages begun on this connection]
+    conns: dict[int, list[Any]] = {}
     per_port = dict.fromkeys(ports, 0)
     remaining = count
     done = failed = 0
@@ -319,14 +331,16 @@ def generate(ports: list[int], size: int, sessions: int, count: int) -> dict[str
             conn[3] = view[sent:]
             ep.modify(fd, select.EPOLLOUT)
 
-    for i in range(min(sessions, count)):
-        port = ports[i % len(ports)]
+    def connect(port: int) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.connect_ex(("127.0.0.1", port))
-        conns[sock.fileno()] = [sock, 0, b"", None, port]
+        conns[sock.fileno()] = [sock, 0, b"", None, port, 0]
         ep.register(sock.fileno(), select.EPOLLIN)
+
+    for i in range(min(sessions, count)):
+        connect(ports[i % len(ports)])
     deadline = time.monotonic() + RUN_TIMEOUT
     while conns and time.monotonic() < deadline:
         for fd, _events in ep.poll(1.0):
@@ -362,16 +376,19 @@ def generate(ports: list[int], size: int, sessions: int, count: int) -> dict[str
                 continue
             if step == 6:
                 close(fd, None)
+                if remaining:  # it had its per_connection messages: a new session
+                    connect(conn[4])
                 continue
             if step == 5:  # a message accepted
                 done += 1
                 per_port[conn[4]] += 1
                 last_ack = time.monotonic()
             if step in (1, 5):
-                if remaining == 0:
+                if remaining == 0 or (per_connection and conn[5] >= per_connection):
                     conn[1], nxt = 6, quit_step[0]
                 else:
                     remaining -= 1
+                    conn[5] += 1
                     conn[1], nxt = 2, cycle[0][0]
                     if first_mail is None:
                         first_mail = time.monotonic()
@@ -397,7 +414,9 @@ def generate(ports: list[int], size: int, sessions: int, count: int) -> dict[str
 def generator_main() -> int:
     for line in sys.stdin:
         job = json.loads(line)
-        result = generate(job["ports"], job["size"], job["sessions"], job["count"])
+        result = generate(
+            job["ports"], job["size"], job["sessions"], job["count"], job.get("per_connection")
+        )
         sys.stdout.write(json.dumps(result) + "\n")
         sys.stdout.flush()
     return 0
