@@ -163,31 +163,23 @@ def traffic(*, server: str | None, since: datetime, bucket_minutes: int) -> list
 def queue_shape() -> list[dict[str, Any]]:
     """Messages per next hop by age bucket (<1 h, 1-6 h, 6-24 h, >1 day)."""
     now = timezone.now()
-    edges = {"lt_1h": timedelta(hours=1), "1h_6h": timedelta(hours=6), "6h_24h": timedelta(days=1)}
+    hour, six_hours, day = (now - timedelta(hours=h) for h in (1, 6, 24))
+
+    def received(*, after: datetime | None = None, until: datetime | None = None) -> Count:
+        """Messages received after ``after`` and at or before ``until``."""
+        window = Q()
+        if after is not None:
+            window &= Q(message__received_at__gt=after)
+        if until is not None:
+            window &= Q(message__received_at__lte=until)
+        return Count("message", filter=window, distinct=True)
+
     pending = Recipient.objects.filter(state=RecipientState.PENDING, message__state__in=OPEN_STATES)
     rows = pending.values("next_hop").annotate(
-        lt_1h=Count(
-            "message", filter=Q(message__received_at__gt=now - edges["lt_1h"]), distinct=True
-        ),
-        h1_6=Count(
-            "message",
-            filter=Q(
-                message__received_at__lte=now - edges["lt_1h"],
-                message__received_at__gt=now - edges["1h_6h"],
-            ),
-            distinct=True,
-        ),
-        h6_24=Count(
-            "message",
-            filter=Q(
-                message__received_at__lte=now - edges["1h_6h"],
-                message__received_at__gt=now - edges["6h_24h"],
-            ),
-            distinct=True,
-        ),
-        gt_1d=Count(
-            "message", filter=Q(message__received_at__lte=now - edges["6h_24h"]), distinct=True
-        ),
+        lt_1h=received(after=hour),
+        h1_6=received(after=six_hours, until=hour),
+        h6_24=received(after=day, until=six_hours),
+        gt_1d=received(until=day),
     )
     return sorted((dict(row) for row in rows), key=lambda r: str(r["next_hop"]))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -283,6 +284,15 @@ def test_it_refuses_a_post_without_the_csrf_token(admin_user: User, relay: str) 
         html = client.get(url).content.decode()
         for form in re.findall(r"<form[^>]*method=\"post\".*?</form>", html, flags=re.S):
             assert "csrfmiddlewaretoken" in form, (url, form[:200])
+
+
+def test_the_queue_shape_counts_waiting_messages_by_age(admin_client: Client, relay: str) -> None:
+    now = time.time()
+    for hours in (0.5, 0.9, 3, 23, 25, 72):  # the buckets end at 1 h, 6 h and 1 day
+        spool("a@corp.test", "b@example.test", at=now - hours * 3600)
+    (row,) = admin_client.get("/dashboard/?fragment=1").context["shape"]["rows"]
+    buckets = [row[key] for key in ("lt_1h", "h1_6", "h6_24", "gt_1d", "total")]
+    assert (row["next_hop"], buckets) == (relay, [2, 1, 1, 2, 6])
 
 
 def test_the_dashboard_shows_counts_throughput_and_queue_shape(
