@@ -37,6 +37,8 @@ class Domain(models.Model):
     )
     forward_all_to_smart_host = models.BooleanField(default=False)
     use_helo = models.BooleanField("send HELO instead of EHLO", default=False)
+    # VirtualServer's outbound security fields again, overriding them for this domain;
+    # declared on each model, as an abstract base would move them ahead of the others.
     outbound_tls = outbound_tls_field()
     outbound_tls_ca = outbound_tls_ca_field()
     outbound_auth_method = models.CharField(

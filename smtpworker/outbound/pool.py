@@ -80,7 +80,11 @@ class ConnectionPool:
         timeout: float,
         wait: float | None = None,
     ) -> Connection:
-        """A session for ``target``; give it back with :meth:`release`."""
+        """A session for ``target``; give it back with :meth:`release`.
+
+        The keywords are :class:`Connection`'s, passed on to a new one; all but
+        ``password`` and ``timeout`` choose the idle session that may be reused.
+        """
         key: _Key = (
             target.address,
             target.port,
