@@ -273,6 +273,9 @@ class SinkProcess:
 
     def stop(self) -> None:
         stop_process(self.proc)
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                stream.close()
         self.log.close()
 
 
