@@ -32,6 +32,13 @@ def log_in(page: Page, base: str) -> None:
     page.wait_for_load_state()  # the console's script modules have run
 
 
+def log_in_to(page: Page, base: str, node: str) -> None:
+    """Log in, then open ``node`` of the console tree and wait for its page's heading."""
+    log_in(page, base)
+    page.get_by_role("treeitem", name=node).click()
+    expect(page.get_by_role("heading", name=node, level=1)).to_be_visible()
+
+
 def shot(page: Page, name: str) -> None:
     """A screenshot for a person to look at, as test-artifacts/screens/<name>.png."""
     SCREENS.mkdir(parents=True, exist_ok=True)
@@ -43,6 +50,13 @@ def narrow_context(browser: Browser, page: Page) -> BrowserContext:
     return browser.new_context(
         viewport={"width": 390, "height": 844}, storage_state=page.context.storage_state()
     )
+
+
+def phone_page(browser: Browser, page: Page, url: str) -> Page:
+    """``url`` open in a :func:`narrow_context`; close it with ``phone.context.close()``."""
+    phone = narrow_context(browser, page).new_page()
+    phone.goto(url)
+    return phone
 
 
 def dark_context(browser: Browser, page: Page) -> BrowserContext:

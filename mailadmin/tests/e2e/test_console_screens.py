@@ -24,7 +24,7 @@ from mailadmin import configdoc
 from mailadmin.models import VirtualServer
 from mailadmin.services.config import servers as server_services
 from mailadmin.services.config.versions import current_version
-from mailadmin.tests.e2e.factories import SCREENS, dark_context, log_in, narrow_context, shot
+from mailadmin.tests.e2e.factories import SCREENS, dark_context, log_in, phone_page, shot
 from smtpworker.core import contract
 
 
@@ -153,16 +153,14 @@ def test_it_keeps_screenshots_of_the_main_pages(
     page.goto(f"{base}/users/")
     shot(page, "13-users")
 
-    narrow = narrow_context(browser, page)
-    phone = narrow.new_page()
-    phone.goto(f"{base}/")
+    phone = phone_page(browser, page, f"{base}/")
     shot(phone, "20-narrow-machine")
     phone.get_by_role("button", name="Tree").click()
     expect(phone.get_by_role("tree", name="Console tree")).to_be_visible()
     shot(phone, "21-narrow-tree")
     phone.goto(f"{base}/servers/{corp.pk}/properties/access/")
     shot(phone, "22-narrow-access")
-    narrow.close()
+    phone.context.close()
 
     dark = dark_context(browser, page)
     night = dark.new_page()

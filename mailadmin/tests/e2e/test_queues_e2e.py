@@ -22,7 +22,8 @@ from mailadmin.services.delivery.traffic import traffic_add, traffic_add_rejecte
 from mailadmin.tests.e2e.factories import (
     dark_context,
     log_in,
-    narrow_context,
+    log_in_to,
+    phone_page,
     received_ago,
     shot,
     spool_mail,
@@ -98,9 +99,7 @@ def test_suspend_and_delete_a_queued_message(
     page: Page, live_server: Any, queued: dict[str, str], sink: Sink, browser: Browser
 ) -> None:
     base = live_server.url
-    log_in(page, base)
-    page.get_by_role("treeitem", name="Queues").click()
-    expect(page.get_by_role("heading", name="Queues", level=1)).to_be_visible()
+    log_in_to(page, base, "Queues")
     expect(page.get_by_role("cell", name=sink.smart_host, exact=True)).to_be_visible()
     expect(page.get_by_role("cell", name="451 4.3.0 Sink is told to defer")).to_be_visible()
     shot(page, "40-queues")
@@ -147,12 +146,10 @@ def test_suspend_and_delete_a_queued_message(
     expect(page.get_by_role("rowheader", name="Message-ID")).to_be_visible()
     shot(page, "41-message")
 
-    narrow = narrow_context(browser, page)
-    phone = narrow.new_page()
-    phone.goto(f"{base}/queues/messages/")
+    phone = phone_page(browser, page, f"{base}/queues/messages/")
     expect(phone.get_by_role("link", name="Contract draft v3")).to_be_visible()
     shot(phone, "46-narrow-queue-messages")
-    narrow.close()
+    phone.context.close()
 
 
 def test_the_dashboard_draws_the_traffic(

@@ -15,7 +15,7 @@ from django.utils import timezone
 from playwright.sync_api import Browser, Page, expect
 from rest_framework.test import APIClient
 
-from mailadmin.tests.e2e.factories import log_in, narrow_context, received_ago, shot, spool_mail
+from mailadmin.tests.e2e.factories import log_in_to, phone_page, received_ago, shot, spool_mail
 from mailadmin.tests.factories import run
 from smtpworker.tests.sink import Sink
 
@@ -47,9 +47,7 @@ def test_search_then_follow_a_message_from_arrival_to_delivery(
     page: Page, live_server: Any, tracked: dict[str, str], sink: Sink, browser: Browser
 ) -> None:
     base = live_server.url
-    log_in(page, base)
-    page.get_by_role("treeitem", name="Message Tracking").click()
-    expect(page.get_by_role("heading", name="Message Tracking", level=1)).to_be_visible()
+    log_in_to(page, base, "Message Tracking")
     search = page.get_by_role("search", name="Search")
 
     # A time the console cannot read is shown beside its field; nothing is searched.
@@ -101,9 +99,7 @@ def test_search_then_follow_a_message_from_arrival_to_delivery(
     expect(page.get_by_role("heading", name="Payroll batch 2025-12", level=1)).to_be_visible()
     expect(page.get_by_role("heading", name="Delivery attempts (1)")).to_be_visible()
 
-    narrow = narrow_context(browser, page)
-    phone = narrow.new_page()
-    phone.goto(f"{base}/tracking/{tracked['Quarterly numbers']}/")
+    phone = phone_page(browser, page, f"{base}/tracking/{tracked['Quarterly numbers']}/")
     expect(phone.get_by_role("heading", name="Attempt 3: Delivered")).to_be_attached()
     shot(phone, "52-narrow-tracking-history")
-    narrow.close()
+    phone.context.close()
