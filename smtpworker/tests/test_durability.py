@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,17 +26,6 @@ from smtpworker.core.spool import Spool
 from smtpworker.tests.factories import free_port, published, server, site
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def redis_url() -> Iterator[str]:
-    base = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0").rsplit("/", 1)[0]
-    url = f"{base}/10"
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    yield url
-    client.flushdb()
-    client.close()
 
 
 def start_worker(redis_url: str, data: Path) -> subprocess.Popen[bytes]:

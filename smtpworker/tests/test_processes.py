@@ -9,10 +9,8 @@ import smtplib
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import redis
 
 from smtpworker.core import contract
@@ -20,17 +18,6 @@ from smtpworker.core.config import dump_site
 from smtpworker.tests.factories import free_port, published, server, site
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def redis_url() -> Iterator[str]:
-    base = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0").rsplit("/", 1)[0]
-    url = f"{base}/8"
-    client = redis.Redis.from_url(url)
-    client.flushdb()
-    yield url
-    client.flushdb()
-    client.close()
 
 
 def statuses(client: redis.Redis) -> dict[str, dict[str, object]]:
