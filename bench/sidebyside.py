@@ -548,6 +548,9 @@ class PrivatePostfix:
             self.proc = subprocess.Popen(
                 [POSTFIX, "-c", str(self.config), "start-fg"],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                # Out of the terminal's process group: a Ctrl-C stops it through our
+                # finally (postfix stop), not by killing postfix-script under its master.
+                start_new_session=True,
             )  # fmt: skip
         finally:
             out.close()
@@ -596,16 +599,16 @@ class PrivatePostfix:
         the master's process group (master is its leader, setsid) if anything is left."""
         if self.proc is None:
             return
-        if self.proc.poll() is None:
+        if self.processes():  # also when postfix-script is gone but its master is not
             self.postfix("stop")
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                if self.master is not None:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(self.master, signal.SIGKILL)
-                self.proc.kill()
-                self.proc.wait()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            if self.master is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.master, signal.SIGKILL)
+            self.proc.kill()
+            self.proc.wait()
         deadline = time.monotonic() + 10
         while (left := self.processes()) and time.monotonic() < deadline:
             time.sleep(0.1)
