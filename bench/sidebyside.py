@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import grp
 import json
 import os
 import platform
@@ -462,11 +463,11 @@ def postfix_unavailable() -> str | None:
         return f"Postfix is not installed ({POSTFIX} is missing; see bench/README.md)"
     if os.geteuid() != 0:
         return "Postfix's master must start as root (it drops to mail_owner itself)"
-    for name in ("postfix",):
-        try:
-            pwd.getpwnam(name)
-        except KeyError:
-            return f"no {name!r} user (mail_owner); install the Debian package"
+    try:
+        pwd.getpwnam("postfix")
+        grp.getgrnam("postdrop")
+    except KeyError:
+        return "no 'postfix' user (mail_owner) or 'postdrop' group (setgid_group)"
     return None
 
 
