@@ -887,6 +887,8 @@ def medians(c: Cell, runs: list[Run]) -> tuple[float, float, float]:
 
 
 class Bench:
+    """Runs the pairs of a cell against one sink with one generator, and waits for quiet."""
+
     def __init__(
         self, sink: relay.SinkProcess, gen: Generator, exclude: list[int], quiet_budget: float
     ) -> None:
