@@ -14,9 +14,8 @@ loopback only, and stops again by PID:
 
 Every message has its own connection (connect, EHLO, MAIL, RCPT, DATA, QUIT), as
 ``smtp-source`` does by default. Each cell (size x concurrent sessions) gets a warm-up and
-then ``REPEATS`` timed runs of a fixed number of messages; the median is printed. The
-Postfix columns are the numbers quoted in issue 3, measured on this machine kind with
-Postfix's durable queue; Postfix is not installed here, so they are a reference only.
+then ``REPEATS`` timed runs of a fixed number of messages; the median is printed. Postfix
+is compared with in bench/sidebyside.py, measured in the same run (no copied figures here).
 bench/README.md explains the output and keeps the latest table.
 """
 
@@ -65,9 +64,6 @@ SESSIONS = (10, 50)
 MESSAGES = {1 * KB: 2000, 100 * KB: 500}
 WARMUP = {1 * KB: 1000, 100 * KB: 150}
 REPEATS = 3
-# Issue 3, "Benchmark": this 2-core machine kind, medians, one message per connection.
-POSTFIX_REFERENCE = {(1 * KB, 10): 860.0, (100 * KB, 10): 440.0}
-BARE_REFERENCE = {(1 * KB, 10): 900.0, (100 * KB, 10): 150.0}
 NODE = "bench"
 SERVER = "Test"
 SENDER = "load@bench.test"
@@ -827,8 +823,7 @@ def table(results: dict[tuple[str, int, int], Cell], labels: list[str]) -> str:
     product, single, bare = labels
     head = (
         f"| size | sessions | {product} msg/s | {single} msg/s | bare aiosmtpd msg/s "
-        "| product/bare | Postfix (issue, reference) msg/s | product/Postfix "
-        "| product CPU ms/msg | 1-process CPU ms/msg | bare CPU ms/msg | generator CPU ms/msg |"
+        "| product/bare | product CPU ms/msg | 1-process CPU ms/msg | bare CPU ms/msg | generator CPU ms/msg |"
     )
     rows = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for size in SIZES:
@@ -836,7 +831,6 @@ def table(results: dict[tuple[str, int, int], Cell], labels: list[str]) -> str:
             p = results.get((product, size, sessions))
             s = results.get((single, size, sessions))
             b = results.get((bare, size, sessions))
-            ref = POSTFIX_REFERENCE.get((size, sessions))
             rows.append(
                 "| "
                 + " | ".join(
@@ -847,8 +841,6 @@ def table(results: dict[tuple[str, int, int], Cell], labels: list[str]) -> str:
                         fmt_rate(s.rate if s else None) + mark(s),
                         fmt_rate(b.rate if b else None) + mark(b),
                         fmt_ratio(p.rate if p else None, b.rate if b else None),
-                        fmt_rate(ref),
-                        fmt_ratio(p.rate if p else None, ref),
                         f"{p.cpu_ms:.2f}" if p else "-",
                         f"{s.cpu_ms:.2f}" if s else "-",
                         f"{b.cpu_ms:.2f}" if b else "-",
@@ -992,13 +984,7 @@ def main() -> int:
             else f"at most {worst:.2f} cores in the kept runs."
         )
     )
-    print(
-        "Postfix (issue, reference): issue 3's figures for Postfix with its durable queue "
-        "on this machine kind, 10 sessions; Postfix is not installed here. The issue's bare "
-        "aiosmtpd figures for the same cells: "
-        + ", ".join(f"{s // KB} KB x {n}: {v:.0f} msg/s" for (s, n), v in BARE_REFERENCE.items())
-        + "."
-    )
+    print("Postfix: see bench/sidebyside.py, which measures it in the same run.")
     print(
         "CPU ms/msg: utime+stime of the server's processes (/proc/<pid>/stat) per accepted "
         f"message. Benchmark time: {elapsed:.0f} s."
@@ -1014,15 +1000,14 @@ def main() -> int:
 def summary(
     results: dict[tuple[str, int, int], Cell], labels: list[str], *, quick: bool
 ) -> dict[str, object]:
-    """The table as data: per cell the product's rate, its ratios to the bare aiosmtpd and
-    to Postfix's reference, and its CPU per message."""
+    """The table as data: per cell the product's rate, its ratio to the bare aiosmtpd and
+    its CPU per message."""
     product, _single, bare = labels
     cells = []
     for (label, size, sessions), cell in sorted(results.items()):
         if label != product:
             continue
         bare_cell = results.get((bare, size, sessions))
-        reference = POSTFIX_REFERENCE.get((size, sessions))
         cells.append(
             {
                 "size_kb": size // KB,
@@ -1030,7 +1015,6 @@ def summary(
                 "rate": round(cell.rate, 1),
                 "cpu_ms": round(cell.cpu_ms, 3),
                 "per_bare": round(cell.rate / bare_cell.rate, 3) if bare_cell else None,
-                "per_postfix": round(cell.rate / reference, 3) if reference else None,
             }
         )
     return {"benchmark": "accept", "quick": quick, "product": product, "cells": cells}

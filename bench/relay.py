@@ -28,7 +28,7 @@ of data at the sink (both CLOCK_MONOTONIC). CPU is utime + stime from /proc (psu
 every product process (the SMTP worker, the Celery worker and its pool children, beat;
 Redis and the sink and generator separately), read before the run and after the queue has
 drained. Each cell gets a warm-up, then ``REPEATS`` runs; the median is printed. Postfix
-is not installed here: its column holds issue 4's figures for this machine kind.
+is compared with in bench/sidebyside.py, measured in the same run (no copied figures here).
 
 Options: ``--cells 1x10,1x50:900`` (KB x sessions[:messages per run]), ``--no-large``,
 ``--concurrency N`` and ``--prefetch-multiplier N`` for the Celery worker, ``--work-dir``
@@ -69,7 +69,6 @@ from accept import (  # noqa: E402 - bench/accept.py: shared machine and /proc h
     create_cost,
     filesystem_of,
     fmt_rate,
-    fmt_ratio,
     foreign_cores,
     foreign_ticks,
     journal_of,
@@ -87,9 +86,6 @@ KB = 1024
 CELLS = {(1 * KB, 10): 600, (1 * KB, 50): 600, (100 * KB, 10): 300}
 WARMUP = {1 * KB: 150, 100 * KB: 60}
 REPEATS = 3
-# Issue 4, "Benchmark": Postfix on this 2-core machine kind, end to end, medians.
-POSTFIX_RATE = {(1 * KB, 10): 740.0, (1 * KB, 50): 620.0, (100 * KB, 10): 400.0}
-POSTFIX_CPU_MS = {1 * KB: 2.2}
 SERVER = "Bench"
 NODE = "bench"
 SENDER = "load@bench.test"
@@ -1109,24 +1105,20 @@ def relay_tasks(run: Run) -> int:
 
 def table(cells: list[Cell]) -> str:
     head = (
-        "| size | sessions | product msg/s | runs | Postfix (issue) msg/s | product/Postfix "
-        "| product CPU ms/msg | Postfix CPU ms/msg (issue) | messages per relay task "
+        "| size | sessions | product msg/s | runs "
+        "| product CPU ms/msg | messages per relay task "
         "| accepted by the SMTP worker msg/s | first message at the sink |"
     )
     rows = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for cell in cells:
-        key = (cell.size, cell.sessions)
         rate = cell.median("rate")
-        ref = POSTFIX_RATE.get(key)
         ms = statistics.median(cell.product_ms(r) for r in cell.runs)
-        pf_ms = POSTFIX_CPU_MS.get(cell.size)
         runs = ", ".join(f"{r.rate:.0f}" for r in cell.runs)
         noisy = "*" if any(r.foreign > FOREIGN_LIMIT for r in cell.runs) else ""
         per_task = statistics.median(cell.count / max(1, relay_tasks(r)) for r in cell.runs)
         rows.append(
             f"| {cell.size // KB} KB | {cell.sessions} | {fmt_rate(rate)}{noisy} | {runs} "
-            f"| {fmt_rate(ref)} | {fmt_ratio(rate, ref)} | {ms:.1f} "
-            f"| {'-' if pf_ms is None else f'{pf_ms:.1f}'} | {per_task:.1f} "
+            f"| {ms:.1f} | {per_task:.1f} "
             f"| {fmt_rate(cell.median('accept_rate'))} "
             f"| {cell.median('first_latency') * 1000:.0f} ms |"
         )
@@ -1134,19 +1126,16 @@ def table(cells: list[Cell]) -> str:
 
 
 def summary(cells: list[Cell], *, quick: bool) -> dict[str, Any]:
-    """The table as data: per cell the median rate, its ratio to Postfix's reference and
-    the product's CPU per message."""
+    """The table as data: per cell the median rate and the product's CPU per message."""
     rows = []
     for cell in cells:
         rate = cell.median("rate")
-        ref = POSTFIX_RATE.get((cell.size, cell.sessions))
         rows.append(
             {
                 "size_kb": cell.size // KB,
                 "sessions": cell.sessions,
                 "rate": round(rate, 1),
                 "cpu_ms": round(statistics.median(cell.product_ms(r) for r in cell.runs), 3),
-                "per_postfix": round(rate / ref, 3) if ref else None,
             }
         )
     return {"benchmark": "relay", "quick": quick, "cells": rows}
@@ -1405,10 +1394,7 @@ def main() -> int:
         f"{FOREIGN_LIMIT} cores were run again (up to {RETRIES[0]} times per cell, waiting "
         f"up to {QUIET_BUDGET[0]:.0f} s in all for quiet); cells marked * kept such a run."
     )
-    print(
-        "Postfix (issue): issue 4's figures for Postfix on this machine kind (740 / 620 / "
-        "400 msg/s, ~2.2 ms CPU per 1 KB message); Postfix is not installed here."
-    )
+    print("Postfix: see bench/sidebyside.py, which measures it in the same run.")
     print(f"Benchmark time: {elapsed:.0f} s.")
     if profile_lines:
         print()
