@@ -777,54 +777,93 @@ class MakeRun:
                     os.kill(pid, signal.SIGKILL)
 
 
-def product_roles(snap: dict[int, Proc], root: int) -> dict[str, float]:
-    """CPU seconds of bin/run's tree by role: each child of bin/run by its command, the
-    Celery worker's pool processes apart from its main process."""
+def role_deltas(
+    snap0: dict[int, Proc],
+    snap1: dict[int, Proc],
+    root: int,
+    role_of: Callable[[dict[int, Proc], int], str],
+    reaped_role: Callable[[dict[int, Proc], int], str] | None = None,
+) -> dict[str, float]:
+    """CPU seconds each role of ``root``'s tree used between two snapshots.
+
+    Per process: the growth of its own time goes to ``role_of``, the growth of its reaped
+    time to ``reaped_role`` (default the same). A process that was there before and is gone
+    now was reaped by its parent, whose reaped time grew by all of its life; what it had
+    used before the first snapshot is taken off that parent's role again. So the roles sum
+    to ``cpu_seconds``' difference and none goes negative when a daemon exits.
+    """
+    reaped_of = reaped_role or role_of
     roles: dict[str, float] = {}
 
     def add(role: str, seconds: float) -> None:
         roles[role] = roles.get(role, 0.0) + seconds
 
-    if root not in snap:
-        return roles
-    add("bin/run (supervisor, copying the logs)", snap[root].own + snap[root].reaped)
-    for child in [p for p in snap.values() if p.ppid == root]:
-        argv = " ".join(cmdline(child.pid))
-        if "smtpworker" in argv:
-            role = "SMTP worker"
-        elif "celery" in argv and " beat" in argv:
-            role = "Celery beat"
-        elif "celery" in argv and " worker" in argv:
-            role = "Celery worker"
-        elif "gunicorn" in argv:
-            role = "web (gunicorn)"
-        else:
-            role = f"other ({child.comm})"
-        if role == "Celery worker":
-            add("Celery worker, main", child.own + child.reaped)
-            for pid in descendants(snap, child.pid)[1:]:
-                add("Celery worker, pool", snap[pid].own + snap[pid].reaped)
-        else:
-            for pid in descendants(snap, child.pid):
-                add(role, snap[pid].own + snap[pid].reaped)
-    return roles
+    now = descendants(snap1, root)
+    before = descendants(snap0, root)
+    was = set(before)
+    for pid in now:
+        p1, p0 = snap1[pid], snap0.get(pid) if pid in was else None
+        add(role_of(snap1, pid), p1.own - (p0.own if p0 else 0.0))
+        add(reaped_of(snap1, pid), p1.reaped - (p0.reaped if p0 else 0.0))
+    gone = set(before) - set(now)
+    for pid in gone:
+        p0 = snap0[pid]
+        add(reaped_of(snap0, p0.ppid), -(p0.own + p0.reaped))
+    return {role: seconds for role, seconds in roles.items() if seconds}
 
 
-def postfix_roles(snap: dict[int, Proc], root: int) -> dict[str, float]:
-    """CPU seconds of the Postfix tree by program; the daemons that exited (smtpd after
-    100 connections, idle ones after 100 s) are in master's reaped time."""
-    roles: dict[str, float] = {}
-    for pid in descendants(snap, root):
-        proc = snap[pid]
+_COMMANDS: dict[int, str] = {}
+
+
+def product_role(root: int) -> Callable[[dict[int, Proc], int], str]:
+    """Role of a process below bin/run: the command of bin/run's child it descends from,
+    the Celery worker's pool processes apart from its main process."""
+
+    def role(snap: dict[int, Proc], pid: int) -> str:
         if pid == root:
-            name = "postfix-script (start-fg)"
-            roles[name] = roles.get(name, 0.0) + proc.own
-            continue
-        roles[proc.comm] = roles.get(proc.comm, 0.0) + proc.own
-        if proc.comm == "master":
-            name = "exited daemons (reaped by master)"
-            roles[name] = roles.get(name, 0.0) + proc.reaped
-    return roles
+            return "bin/run (supervisor, copying the logs)"
+        top = pid
+        while top in snap and snap[top].ppid != root:
+            top = snap[top].ppid
+        if top not in snap:
+            return "other"
+        if top not in _COMMANDS:
+            _COMMANDS[top] = " ".join(cmdline(top))
+        argv = _COMMANDS[top]
+        if "smtpworker" in argv:
+            return "SMTP worker"
+        if "celery" in argv and " beat" in argv:
+            return "Celery beat"
+        if "celery" in argv and " worker" in argv:
+            return "Celery worker, main" if pid == top else "Celery worker, pool"
+        if "gunicorn" in argv:
+            return "web (gunicorn)"
+        return f"other ({snap[top].comm})"
+
+    return role
+
+
+def postfix_role(root: int) -> Callable[[dict[int, Proc], int], str]:
+    """Role of a process of the Postfix tree: its program."""
+
+    def role(snap: dict[int, Proc], pid: int) -> str:
+        if pid == root:
+            return "postfix-script (start-fg)"
+        return snap[pid].comm if pid in snap else "?"
+
+    return role
+
+
+def postfix_reaped_role(root: int) -> Callable[[dict[int, Proc], int], str]:
+    """Where reaped time goes: master's is its daemons that exited during the run (smtpd
+    after 100 connections, idle ones after 100 s), which /proc cannot tell apart."""
+    program = postfix_role(root)
+
+    def role(snap: dict[int, Proc], pid: int) -> str:
+        name = program(snap, pid)
+        return "exited daemons (reaped by master)" if name == "master" else name
+
+    return role
 
 
 # --- the measurement ------------------------------------------------------------------------
@@ -838,7 +877,7 @@ class Side:
     port: int
     roots: Callable[[], dict[str, list[int]]]  # CPU groups -> tree roots
     drained: Callable[[], bool]
-    roles: Callable[[dict[int, Proc]], dict[str, float]]
+    roles: Callable[[dict[int, Proc], dict[int, Proc]], dict[str, float]]  # deltas
 
 
 @dataclass
@@ -936,7 +975,6 @@ class Bench:
             group: sum(cpu_seconds(snap1, r) - cpu_seconds(snap0, r) for r in pids)
             for group, pids in roots.items()
         }
-        roles0, roles1 = side.roles(snap0), side.roles(snap1)
         sink_cpu = sum(cpu_seconds(snap1, r) - cpu_seconds(snap0, r) for r in [self.sink.proc.pid])
         idle = sum(cpu_seconds(snap1, r) - cpu_seconds(snap0, r) for r in other_roots)
         span = arrived["nth"] - sent["first_mail"]
@@ -944,7 +982,7 @@ class Bench:
             rate=count / span,
             accept_rate=count / max(sent["last_ack"] - sent["first_mail"], 1e-9),
             cpu=cpu,
-            roles={k: v - roles0.get(k, 0.0) for k, v in roles1.items()},
+            roles=side.roles(snap0, snap1),
             other_side=idle / wall,
             sink_cpu=sink_cpu,
             gen_cpu=sent["cpu"],
@@ -1216,7 +1254,13 @@ def main() -> int:
                 postfix.port,
                 roots=lambda: {"Postfix": postfix.pids()},
                 drained=lambda: postfix.queued() == 0,
-                roles=lambda snap: postfix_roles(snap, postfix.pids()[0]),
+                roles=lambda s0, s1: role_deltas(
+                    s0,
+                    s1,
+                    postfix.pids()[0],
+                    postfix_role(postfix.pids()[0]),
+                    postfix_reaped_role(postfix.pids()[0]),
+                ),
             )
             for kind in databases:
                 with contextlib.ExitStack() as db_stack:
@@ -1246,13 +1290,17 @@ def main() -> int:
                         return roots
 
                     def roles(
-                        snap: dict[int, Proc], roots: Callable[[], dict[str, list[int]]] = product_roots,
+                        snap0: dict[int, Proc], snap1: dict[int, Proc],
+                        roots: Callable[[], dict[str, list[int]]] = product_roots,
                         product: MakeRun = product,
                     ) -> dict[str, float]:  # fmt: skip
-                        found = product_roles(snap, product.pids()[0])
+                        root = product.pids()[0]
+                        found = role_deltas(snap0, snap1, root, product_role(root))
                         for name, pids in roots().items():
                             if name != "bin/run":
-                                found[name] = sum(cpu_seconds(snap, p) for p in pids)
+                                found[name] = sum(
+                                    cpu_seconds(snap1, p) - cpu_seconds(snap0, p) for p in pids
+                                )
                         return found
 
                     product_side = Side(

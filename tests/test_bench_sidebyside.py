@@ -177,3 +177,27 @@ def test_python_generator_closes_each_session_after_its_messages() -> None:
     per_connection = Counter(m.peer[1] for m in messages)  # one client port per connection
     assert max(per_connection.values()) == 10
     assert sum(per_connection.values()) == 25 and len(per_connection) >= 3
+
+
+def test_roles_split_a_run_without_negative_shares_when_a_daemon_exits() -> None:
+    """An smtpd that had 0.5 s before the run, used 0.3 s more and exited (reaped by
+    master) counts 0.3 s as exited; a new smtpd counts its own 0.2 s; the sum is the tree's."""
+    proc = sidebyside.Proc
+    before = {
+        1: proc(1, 0, "sh", 0.1, 0.0),
+        2: proc(2, 1, "master", 1.0, 0.0),
+        3: proc(3, 2, "smtpd", 0.5, 0.0),
+    }
+    after = {
+        1: proc(1, 0, "sh", 0.1, 0.0),
+        2: proc(2, 1, "master", 1.2, 0.8),
+        4: proc(4, 2, "smtpd", 0.2, 0.0),
+    }
+    roles = sidebyside.role_deltas(
+        before, after, 1, sidebyside.postfix_role(1), sidebyside.postfix_reaped_role(1)
+    )
+    assert roles == pytest.approx(
+        {"master": 0.2, "exited daemons (reaped by master)": 0.3, "smtpd": 0.2}
+    )
+    total = sidebyside.cpu_seconds(after, 1) - sidebyside.cpu_seconds(before, 1)
+    assert sum(roles.values()) == pytest.approx(total)
