@@ -28,8 +28,8 @@ for _name in (SECRET_KEY_ENV, ENCRYPTION_KEY_ENV):
 LOGIN_LIMIT_KEYS = "mailadmin:axes:*"
 
 
-@pytest.fixture(autouse=True)
-def _no_failed_logins_counted() -> Iterator[None]:
+def forget_failed_logins() -> None:
+    """Forget every failed login counted so far (django-axes' keys in the run's Redis)."""
     url = os.environ.get("REDIS_URL")  # only the run's own Redis (make test), never a default
     if url:
         import redis
@@ -43,4 +43,9 @@ def _no_failed_logins_counted() -> Iterator[None]:
             pass  # a test that stops Redis on purpose restarts it; nothing counted then
         finally:
             client.close()
+
+
+@pytest.fixture(autouse=True)
+def _no_failed_logins_counted() -> Iterator[None]:
+    forget_failed_logins()
     yield
