@@ -31,7 +31,7 @@ from mailadmin.services.delivery.queue import (
     spool_for,
 )
 from mailadmin.tests.factories import spool
-from smtpworker.core.contract import RELAY_BATCH_TASK, delivery_queue
+from smtpworker.core.contract import RELAY_BATCH_TASK, delivery_queue, worker_key
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("mailroot")]
 
@@ -252,7 +252,7 @@ def test_rejections_are_collected_from_the_live_nodes_only(test_redis: str) -> N
             "heartbeat": heartbeat,
             "servers": {"Relay": {"counters": {"rejected_rcpt_550_5.7.1": relay_denied}}},
         }
-        client.set(f"mailadmin:worker:{node}", json.dumps(status))
+        client.set(worker_key(node), json.dumps(status))
 
     report("n1", 3, time.time())
     report("gone", 50, time.time() - 3600)  # stale: not counted
