@@ -196,6 +196,22 @@ def test_a_report_is_spooled_recorded_and_enqueued_once(relay: str, sent: Sent) 
     assert Message.objects.filter(is_report=True).count() == 1 and len(sent("here")) == 1
 
 
+def test_a_report_whose_store_was_cut_between_its_two_links_is_stored_again(
+    relay: str, sent: Sent
+) -> None:
+    # A worker killed after linking the report's .eml and before its .env (the commit)
+    # leaves Queue/<id>.eml alone; the id derives from the message's, so the next run
+    # makes the same report and must not take the leftover for a spooled report.
+    data = b"From: <>\r\nSubject: report\r\n\r\nbody\r\n"
+    spool = spool_for("Relay")
+    spool.message_path("REPORT2N").write_bytes(b"half of an earlier store")
+    queue_id = reports.report_inject("Relay", ["a@corp.test"], data, queue_id="REPORT2N")
+    assert queue_id == "REPORT2N"
+    assert spool.load(queue_id)[1] == data
+    assert Message.objects.get(queue_id=queue_id).is_report
+    assert relays(sent("here")) == [[queue_id]]
+
+
 def test_a_finished_message_leaves_the_spool_once_that_is_committed(relay: str) -> None:
     queue_id = spool("a@corp.test", "u@example.test")
     message = Message.objects.get(queue_id=queue_id)

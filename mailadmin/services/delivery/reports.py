@@ -27,7 +27,7 @@ from mailadmin.services.delivery.queue import (
 from mailadmin.storable import fit
 from smtpworker.core import safefile
 from smtpworker.core.config import ServerConfig
-from smtpworker.core.spool import Envelope, SpoolError, new_queue_id
+from smtpworker.core.spool import Envelope, MessageNotFound, Spool, SpoolError, new_queue_id
 from smtpworker.outbound import dsn
 
 log = logging.getLogger(__name__)
@@ -265,15 +265,41 @@ def report_inject(
     try:
         spool.store(envelope, data)
     except SpoolError as exc:
-        if not spool.message_path(queue_id).exists():
+        if not _spooled_before(spool, envelope, data):
             log.error("%s: cannot spool a delivery report: %s", server_name, exc)
             return None
-        # Spooled by a run that was cut short before recording it: record that one.
     # Spooled here, so delivered by this node's workers.
     node = settings.MAILADMIN_NODE
     message_ingest(server_name=server_name, queue_id=queue_id, node=node, is_report=True)
     transaction.on_commit(lambda: relays_enqueue(server_name, [queue_id], node))
     return queue_id
+
+
+def _spooled_before(spool: Spool, envelope: Envelope, data: bytes) -> bool:
+    """After ``store`` refused the report: True if a run cut short spooled it already (to be
+    recorded now), or it could be spooled again. A store killed between linking the data
+    and the envelope (the commit) leaves the data alone under the report's id; this run
+    holds the lease of the message the id derives from, so no other store of it runs, and
+    that leftover is removed and the report stored again."""
+    queue_id = envelope.queue_id
+    try:
+        spool.envelope(queue_id)
+        return True  # committed by a run that was cut short before recording it
+    except MessageNotFound:
+        pass
+    except ValueError:
+        return False  # a damaged envelope under the id: leave it for an operator
+    if not spool.message_path(queue_id).exists():
+        return False  # refused for another reason (the disk): nothing of ours is there
+    log.warning(
+        "%s: %s: removing an uncommitted report left by a run cut short", envelope.server, queue_id
+    )
+    spool.remove(queue_id)
+    try:
+        spool.store(envelope, data)
+    except SpoolError:
+        return False
+    return True
 
 
 def badmail_write(message: Message, data: bytes, reason: str) -> None:
